@@ -1,0 +1,92 @@
+# Where the config meets the code: validation, wildcard constraints, and every input function.
+
+import re
+import sys
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+sys.path.insert(0, str(Path(workflow.basedir) / "src"))
+
+from cytodml.config import (
+    check_config,
+    experiment_settings,
+    resolve_source,
+    synthetic_dump,
+)
+from cytodml.data.sources import list_classes
+from cytodml.errors import InputError
+
+validate(config, schema="../schemas/config.schema.yaml")
+try:
+    check_config(config, list_classes=list_classes)
+except InputError as error:
+    raise WorkflowError(f"config: {error}") from None
+
+DATASETS = config["datasets"]
+LOSSES = config["losses"]
+EXPERIMENTS = {name: experiment_settings(spec) for name, spec in config["experiments"].items()}
+
+
+def _alternatives(names):
+    return "|".join(re.escape(name) for name in names)
+
+
+wildcard_constraints:
+    dataset=_alternatives(DATASETS),
+    experiment=_alternatives(EXPERIMENTS),
+    loss=_alternatives(LOSSES),
+    trial=r"\d+",
+
+
+# ---- config lookups shared by rules ----------------------------------------------------------------------------
+
+
+def dataset_of(wildcards):
+    return EXPERIMENTS[wildcards.experiment]["dataset"]
+
+
+def source_of(wildcards):
+    return resolve_source(wildcards.dataset, DATASETS[wildcards.dataset])
+
+
+def experiment_of(wildcards):
+    return EXPERIMENTS[wildcards.experiment]
+
+
+def trials(experiment):
+    return range(EXPERIMENTS[experiment]["trials"])
+
+
+# ---- input functions -----------------------------------------------------------------------------------------------
+
+
+def raw_dump(wildcards):
+    """The raw dump ingest reads: rendered by synthesize, or the user's files (Snakemake names a missing one)."""
+    source = DATASETS[wildcards.dataset]["source"]
+    if source["kind"] == "synthetic":
+        return synthetic_dump(wildcards.dataset)
+    return source["path"]
+
+
+def patches_of(wildcards):
+    dataset = dataset_of(wildcards)
+    return {
+        "npy": f"results/{dataset}/patches.npy",
+        "table": f"results/{dataset}/patches.parquet",
+    }
+
+
+def data_outputs(experiment):
+    dataset = EXPERIMENTS[experiment]["dataset"]
+    return [f"results/{dataset}/qc/montage.png", f"results/{dataset}/qc/counts.csv"] + [
+        f"results/{experiment}/augmented/t{trial}.parquet" for trial in trials(experiment)
+    ]
+
+
+def final_outputs():
+    outputs = []
+    for experiment in config["run"]:
+        outputs += data_outputs(experiment)
+    return outputs

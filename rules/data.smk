@@ -1,0 +1,125 @@
+# Data stages: render the default data set, list the raw dump, cut patches, split per trial, grow the training set.
+
+
+rule synthesize:
+    output:
+        directory("resources/{dataset}"),
+    params:
+        source=lambda wildcards: DATASETS[wildcards.dataset]["source"],
+        seed=config["seed"],
+    log:
+        "logs/{dataset}/synthesize.log",
+    benchmark:
+        "results/benchmarks/{dataset}/synthesize.tsv"
+    conda:
+        "../envs/data.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    script:
+        "../scripts/synthesize.py"
+
+
+rule ingest:
+    input:
+        raw_dump,
+    output:
+        "results/{dataset}/raw.parquet",
+    params:
+        source=source_of,
+        channels=lambda wildcards: DATASETS[wildcards.dataset]["channels"],
+    log:
+        "logs/{dataset}/ingest.log",
+    benchmark:
+        "results/benchmarks/{dataset}/ingest.tsv"
+    conda:
+        "../envs/data.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    script:
+        "../scripts/ingest.py"
+
+
+rule patch:
+    input:
+        "results/{dataset}/raw.parquet",
+    output:
+        npy="results/{dataset}/patches.npy",
+        table="results/{dataset}/patches.parquet",
+        counts=report(
+            "results/{dataset}/qc/counts.csv",
+            caption="../report/qc_counts.rst",
+            category="{dataset}",
+            subcategory="quality control",
+        ),
+        montage=report(
+            "results/{dataset}/qc/montage.png",
+            caption="../report/qc_montage.rst",
+            category="{dataset}",
+            subcategory="quality control",
+        ),
+    params:
+        patch=lambda wildcards: DATASETS[wildcards.dataset]["patch"],
+        source=source_of,
+        seed=config["seed"],
+    threads: config.get("workers", 2)
+    log:
+        "logs/{dataset}/patch.log",
+    benchmark:
+        "results/benchmarks/{dataset}/patch.tsv"
+    conda:
+        "../envs/data.yaml"
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    script:
+        "../scripts/patch.py"
+
+
+rule split:
+    input:
+        unpack(patches_of),
+    output:
+        "results/{experiment}/splits/t{trial}.parquet",
+    params:
+        experiment=experiment_of,
+        dataset=dataset_of,
+        seed=config["seed"],
+    log:
+        "logs/{experiment}/split/t{trial}.log",
+    benchmark:
+        "results/benchmarks/{experiment}/split/t{trial}.tsv"
+    conda:
+        "../envs/data.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    script:
+        "../scripts/split.py"
+
+
+rule augment:
+    input:
+        unpack(patches_of),
+        split="results/{experiment}/splits/t{trial}.parquet",
+    output:
+        npy="results/{experiment}/augmented/t{trial}.npy",
+        table="results/{experiment}/augmented/t{trial}.parquet",
+    params:
+        augment=lambda wildcards: experiment_of(wildcards)["augment"],
+        channels=lambda wildcards: experiment_of(wildcards).get("channels"),
+        dataset_channels=lambda wildcards: DATASETS[dataset_of(wildcards)]["channels"],
+        dataset=dataset_of,
+        seed=config["seed"],
+    log:
+        "logs/{experiment}/augment/t{trial}.log",
+    benchmark:
+        "results/benchmarks/{experiment}/augment/t{trial}.tsv"
+    conda:
+        "../envs/data.yaml"
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    script:
+        "../scripts/augment.py"
