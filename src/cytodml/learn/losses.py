@@ -1,0 +1,416 @@
+"""The losses of the four source studies, and any pytorch-metric-learning loss, built from a config entry.
+
+Every loss is a ``torch.nn.Module`` called as ``loss(embeddings, labels)`` on one batch (``embeddings`` B x D,
+``labels`` B integer class labels) and returns a scalar. Two attributes tell the trainer what the loss needs:
+
+- ``normalize_embeddings``: the network L2-normalises its output onto the unit sphere (the model does it in ``forward``,
+  so the embeddings written later are the ones the loss saw); the loss itself never normalises.
+- ``samples_per_class_min``: the images of each class a batch must hold for the loss to see positives
+  (0: plain shuffled batches do).
+
+Tuples are formed within the batch ("online"). Random choices (contrastive pairs, constellation negatives) draw from
+``loss.generator`` when set, else from torch's global generator, which the trainer seeds.
+"""
+
+import inspect
+from collections.abc import Mapping
+from types import MappingProxyType
+
+import pytorch_metric_learning.losses as pml_losses
+import pytorch_metric_learning.miners as pml_miners
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cytodml.errors import InputError
+
+__all__ = [
+    "MetricLoss",
+    "SoftmaxLoss",
+    "ContrastiveLoss",
+    "TripletLoss",
+    "NPairLoss",
+    "ConstellationLoss",
+    "PMLLoss",
+    "LOSS_TYPES",
+    "LOSS_DEFAULTS",
+    "LOSS_REQUIRED",
+    "build_loss",
+]
+
+MINING = ("semihard", "hard", "all")
+
+
+class MetricLoss(nn.Module):
+    """Base class: checks the batch, then hands it to ``compute_loss``."""
+
+    normalize_embeddings: bool = False
+    samples_per_class_min: int = 2
+    generator: torch.Generator | None = None
+
+    def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
+        if embeddings.ndim != 2 or labels.ndim != 1 or len(labels) != len(embeddings):
+            raise ValueError(
+                f"expected embeddings B x D and labels B, got {tuple(embeddings.shape)} and {tuple(labels.shape)}"
+            )
+        return self.compute_loss(embeddings, labels)
+
+    def compute_loss(self, embeddings: Tensor, labels: Tensor) -> Tensor:
+        raise NotImplementedError
+
+
+# ---------------------------------------------------------------------------------------------------- building blocks
+
+
+def squared_distances(embeddings: Tensor) -> Tensor:
+    """B x B squared Euclidean distances; clamped at 0 against round-off, exactly 0 on the diagonal."""
+    gram = embeddings @ embeddings.T
+    norms = gram.diagonal()
+    squared = (norms[:, None] + norms[None, :] - 2 * gram).clamp_min(0)
+    return squared * (1 - torch.eye(len(embeddings), dtype=squared.dtype, device=squared.device))
+
+
+def safe_sqrt(squared: Tensor) -> Tensor:
+    """sqrt with a zero (not NaN) gradient where the argument is 0, i.e. for coincident embeddings."""
+    positive = squared > 0
+    return torch.where(positive, torch.where(positive, squared, torch.ones_like(squared)).sqrt(), 0.0)
+
+
+def class_masks(labels: Tensor) -> tuple[Tensor, Tensor]:
+    """(positive, negative) B x B boolean masks: same class but another image; another class."""
+    same = labels[:, None] == labels[None, :]
+    other_image = ~torch.eye(len(labels), dtype=torch.bool, device=labels.device)
+    return same & other_image, ~same
+
+
+def random_columns(mask: Tensor, k: int, generator: torch.Generator | None) -> tuple[Tensor, Tensor]:
+    """Per row, ``k`` distinct columns drawn uniformly among the True entries of ``mask``.
+
+    Returns (columns B x k, valid B x k); ``valid`` is False where the row has fewer than ``k`` True entries.
+    """
+    scores = torch.rand(mask.shape, device=mask.device, generator=generator)
+    scores = scores.masked_fill(~mask, -1.0)
+    top, columns = scores.topk(min(k, mask.shape[1]), dim=1)
+    return columns, top >= 0
+
+
+def zero_loss(embeddings: Tensor) -> Tensor:
+    """A zero that stays connected to the graph, so ``backward`` works on a batch without tuples."""
+    return embeddings.sum() * 0
+
+
+def log1p_sum_exp(logits: Tensor, valid: Tensor) -> Tensor:
+    """Row-wise log(1 + sum_j exp(logits_j)) over the valid entries, computed stably as a logsumexp."""
+    logits = logits.masked_fill(~valid, float("-inf"))
+    return torch.logsumexp(torch.cat([torch.zeros_like(logits[:, :1]), logits], dim=1), dim=1)
+
+
+def _check_number(name: str, value, minimum: float, exclusive: bool = False) -> float:
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not is_number or value < minimum or (exclusive and value == minimum):
+        bound = f"> {minimum}" if exclusive else f">= {minimum}"
+        raise InputError(f"{name}: expected a number {bound}, got {value!r}")
+    return float(value)
+
+
+def _check_bool(name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise InputError(f"{name}: expected true or false, got {value!r}")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------------------- the losses
+
+
+class SoftmaxLoss(MetricLoss):
+    """Cross-entropy of a linear classification head: the conventional classification baseline.
+
+    L = -(1/B) sum_i log softmax(W f_i + b)_{y_i}, with the head ``nn.Linear(embedding_dim, num_classes)`` trained
+    with the network. The embedding is the network output, the penultimate layer of the softmax net, so the baseline
+    Luo et al. (RSC Adv 2021) and Gupta et al. (CVPR-W 2019) compare against goes through the same classifiers.
+    """
+
+    samples_per_class_min = 0
+
+    def __init__(self, num_classes: int, embedding_dim: int):
+        super().__init__()
+        self.head = nn.Linear(embedding_dim, num_classes)
+
+    def logits(self, embeddings: Tensor) -> Tensor:
+        return self.head(embeddings)
+
+    def compute_loss(self, embeddings, labels):
+        return F.cross_entropy(self.logits(embeddings), labels)
+
+
+class ContrastiveLoss(MetricLoss):
+    """Contrastive loss with two margins on pairs drawn on the fly (Luo et al., RSC Adv 2021, 11:17603).
+
+    For each anchor in the batch one random positive (another image of its class) and one random negative (an image
+    of another class) are drawn; with d the Euclidean distance of a pair and h(x) = max(0, x),
+
+        L = mean over pairs [ y h(d - s1)^2 + (1 - y) h(s2 - d)^2 ],
+
+    y = 1 for a positive pair. Similar pairs are pulled inside ``similar_margin`` s1 = 0.9, dissimilar pairs pushed
+    beyond ``dissimilar_margin`` s2 = 1.0. The latent space is plain Euclidean (the paper's 2-D latent): no
+    normalisation.
+    """
+
+    def __init__(self, similar_margin: float = 0.9, dissimilar_margin: float = 1.0):
+        super().__init__()
+        self.similar_margin = _check_number("similar_margin", similar_margin, 0)
+        self.dissimilar_margin = _check_number("dissimilar_margin", dissimilar_margin, 0)
+
+    def pairs(self, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(anchor, other, y) index tensors: each anchor's random positive (y = 1) and random negative (y = 0)."""
+        positive_mask, negative_mask = class_masks(labels)
+        anchors, others, ys = [], [], []
+        for mask, y in ((positive_mask, 1), (negative_mask, 0)):
+            column, valid = random_columns(mask, 1, self.generator)
+            valid = valid[:, 0]
+            anchors.append(torch.nonzero(valid)[:, 0])
+            others.append(column[valid, 0])
+            ys.append(torch.full_like(anchors[-1], y))
+        return torch.cat(anchors), torch.cat(others), torch.cat(ys)
+
+    def compute_loss(self, embeddings, labels):
+        anchor, other, y = self.pairs(labels)
+        if len(anchor) == 0:
+            return zero_loss(embeddings)
+        d = safe_sqrt((embeddings[anchor] - embeddings[other]).pow(2).sum(dim=1))
+        similar = F.relu(d - self.similar_margin).pow(2)
+        dissimilar = F.relu(self.dissimilar_margin - d).pow(2)
+        return torch.where(y == 1, similar, dissimilar).mean()
+
+
+class TripletLoss(MetricLoss):
+    """Triplet loss with online mining (Gupta et al., CVPR-W 2019, after Schroff et al., CVPR 2015).
+
+    With a_p, a_n the (squared, by default) Euclidean distances anchor-positive and anchor-negative and
+    h(x) = max(0, x),
+
+        L = mean over mined triplets of h(a_p - a_n + margin).
+
+    ``mining``: ``semihard`` keeps the triplets with a_p < a_n and a_n - a_p < margin (Gupta et al.); ``hard`` keeps,
+    per anchor, its farthest positive and nearest negative (batch-hard, Hermans et al. 2017; the constellation paper's
+    triplet baseline); ``all`` keeps every valid triplet. Gupta et al. put the embeddings on the unit sphere
+    (``normalize``) and use margin 1.5, so squared distances lie in [0, 4]. A batch where nothing is mined gives 0.
+    """
+
+    def __init__(self, margin: float = 1.5, mining: str = "semihard", squared: bool = True, normalize: bool = True):
+        super().__init__()
+        if mining not in MINING:
+            raise InputError(f"mining: expected one of {', '.join(MINING)}, got {mining!r}")
+        self.margin = _check_number("margin", margin, 0, exclusive=True)
+        self.mining = mining
+        self.squared = _check_bool("squared", squared)
+        self.normalize_embeddings = _check_bool("normalize", normalize)
+
+    def distances(self, embeddings: Tensor) -> Tensor:
+        squared = squared_distances(embeddings)
+        return squared if self.squared else safe_sqrt(squared)
+
+    def mine(self, distances: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(anchor, positive, negative) index tensors of the triplets the mining strategy keeps."""
+        positive_mask, negative_mask = class_masks(labels)
+        if self.mining == "hard":
+            hardest_positive = distances.masked_fill(~positive_mask, float("-inf")).argmax(dim=1)
+            hardest_negative = distances.masked_fill(~negative_mask, float("inf")).argmin(dim=1)
+            anchor = torch.nonzero(positive_mask.any(dim=1) & negative_mask.any(dim=1))[:, 0]
+            return anchor, hardest_positive[anchor], hardest_negative[anchor]
+        keep = positive_mask[:, :, None] & negative_mask[:, None, :]
+        if self.mining == "semihard":
+            a_p, a_n = distances[:, :, None], distances[:, None, :]
+            keep &= (a_p < a_n) & (a_n - a_p < self.margin)
+        return torch.unbind(torch.nonzero(keep), dim=1)
+
+    def compute_loss(self, embeddings, labels):
+        distances = self.distances(embeddings)
+        with torch.no_grad():
+            anchor, positive, negative = self.mine(distances, labels)
+        if len(anchor) == 0:
+            return zero_loss(embeddings)
+        return F.relu(distances[anchor, positive] - distances[anchor, negative] + self.margin).mean()
+
+
+class NPairLoss(MetricLoss):
+    """Multi-class N-pair loss (Sohn, NeurIPS 2016).
+
+    The batch is read as N pairs (anchor f_i, positive f+_i), one per class: the first two images of each class in
+    batch order (classes with one image are left out). With dot-product similarities,
+
+        L = (1/N) sum_i log(1 + sum_{j != i} exp(f_i.f+_j - f_i.f+_i)) + l2_reg * mean ||f||^2,
+
+    the mean running over the 2N paired embeddings. Sohn keeps the embeddings off the sphere and bounds their norm
+    with this regulariser instead (``l2_reg`` 0.002, as the TensorFlow ``npairs_loss`` default).
+    """
+
+    def __init__(self, l2_reg: float = 0.002):
+        super().__init__()
+        self.l2_reg = _check_number("l2_reg", l2_reg, 0)
+
+    @staticmethod
+    def pairs(labels: Tensor) -> tuple[Tensor, Tensor]:
+        """(anchor, positive) indices: the first and second image of each class with two, in class order."""
+        order = torch.argsort(labels, stable=True)
+        ranked = labels[order]
+        starts = torch.ones_like(ranked, dtype=torch.bool)
+        starts[1:] = ranked[1:] != ranked[:-1]
+        position = torch.arange(len(labels), device=labels.device)
+        rank = position - torch.cummax(torch.where(starts, position, 0), dim=0).values
+        second = torch.nonzero(rank == 1)[:, 0]
+        return order[second - 1], order[second]
+
+    def compute_loss(self, embeddings, labels):
+        anchor, positive = self.pairs(labels)
+        if len(anchor) == 0:
+            return zero_loss(embeddings)
+        anchors, positives = embeddings[anchor], embeddings[positive]
+        # log(1 + sum_{j != i} exp(s_ij - s_ii)) = -log softmax(s_i)_i: a cross-entropy with target i
+        similarities = anchors @ positives.T
+        targets = torch.arange(len(anchor), device=embeddings.device)
+        regulariser = torch.cat([anchors, positives]).pow(2).sum(dim=1).mean()
+        return F.cross_entropy(similarities, targets) + self.l2_reg * regulariser
+
+
+class ConstellationLoss(MetricLoss):
+    """Constellation loss (Medela & Picon, J Pathol Inform 2020, 11:38).
+
+    Per anchor f_a a random positive f_p of its class and K random negatives f_nj, each of any other class in the
+    batch (drawn without replacement); with dot-product similarities,
+
+        L = (1/N) sum_a log(1 + sum_{j=1..K} exp(f_a.f_nj - f_a.f_p)),
+
+    N the anchors with a positive and a negative in the batch. An anchor with fewer than K negatives in the batch uses
+    all it has; ``k: all`` uses every negative. The embeddings are L2-normalised, as in the paper.
+    """
+
+    normalize_embeddings = True
+
+    def __init__(self, k: int | str = 3):
+        super().__init__()
+        if k != "all" and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+            raise InputError(f"k: expected a positive integer or 'all', got {k!r}")
+        self.k = k
+
+    def compute_loss(self, embeddings, labels):
+        positive_mask, negative_mask = class_masks(labels)
+        positive, has_positive = random_columns(positive_mask, 1, self.generator)
+        similarities = embeddings @ embeddings.T
+        if self.k == "all":
+            s_an, valid = similarities, negative_mask
+        else:
+            negatives, valid = random_columns(negative_mask, self.k, self.generator)
+            s_an = similarities.gather(1, negatives)
+        anchor = has_positive[:, 0] & valid.any(dim=1)
+        if not anchor.any():
+            return zero_loss(embeddings)
+        s_ap = similarities.gather(1, positive)
+        return log1p_sum_exp((s_an - s_ap)[anchor], valid[anchor]).mean()
+
+
+class PMLLoss(MetricLoss):
+    """Any loss of pytorch-metric-learning, with an optional miner, both named by class.
+
+    ``loss`` / ``miner`` name classes in ``pytorch_metric_learning.losses`` / ``.miners``, built with ``loss_kwargs``
+    / ``miner_kwargs``; ``num_classes`` and ``embedding_size`` are filled in for losses that take them (proxy and
+    classifier losses, whose parameters the trainer then optimises).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        embedding_dim: int,
+        loss: str,
+        loss_kwargs: Mapping = MappingProxyType({}),
+        miner: str | None = None,
+        miner_kwargs: Mapping = MappingProxyType({}),
+        normalize: bool = True,
+    ):
+        super().__init__()
+        self.normalize_embeddings = _check_bool("normalize", normalize)
+        sizes = {"num_classes": num_classes, "embedding_size": embedding_dim}
+        self.loss = _build_pml("loss", pml_losses, loss, loss_kwargs, sizes)
+        self.miner = None if miner is None else _build_pml("miner", pml_miners, miner, miner_kwargs, {})
+
+    def compute_loss(self, embeddings, labels):
+        indices_tuple = None if self.miner is None else self.miner(embeddings, labels)
+        return self.loss(embeddings, labels, indices_tuple)
+
+
+def _build_pml(kind: str, module, name, kwargs: Mapping, sizes: dict) -> nn.Module:
+    cls = getattr(module, name, None) if isinstance(name, str) else None
+    if not (inspect.isclass(cls) and issubclass(cls, nn.Module)):
+        raise InputError(f"{kind}: {name!r} is not a class in {module.__name__}")
+    if not isinstance(kwargs, Mapping) or not all(isinstance(key, str) for key in kwargs):
+        raise InputError(f"{kind}_kwargs: expected a mapping of parameter names, got {kwargs!r}")
+    accepted = inspect.signature(cls).parameters
+    kwargs = {**{key: value for key, value in sizes.items() if key in accepted}, **kwargs}
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError, AssertionError) as error:
+        raise InputError(f"{kind}_kwargs: {name}({kwargs}) failed: {error}") from error
+
+
+# ------------------------------------------------------------------------------------------------------- the registry
+
+LOSS_TYPES: dict[str, type[MetricLoss]] = {
+    "softmax": SoftmaxLoss,
+    "contrastive": ContrastiveLoss,
+    "triplet": TripletLoss,
+    "npair": NPairLoss,
+    "constellation": ConstellationLoss,
+    "pml": PMLLoss,
+}
+
+_SIZES = ("num_classes", "embedding_dim")
+
+
+def _config_parameters(cls) -> dict[str, object]:
+    """The constructor parameters a config entry sets (the sizes come from the experiment), with their defaults."""
+    return {name: p.default for name, p in inspect.signature(cls).parameters.items() if name not in _SIZES}
+
+
+LOSS_DEFAULTS: dict[str, dict[str, object]] = {
+    kind: {name: default for name, default in _config_parameters(cls).items() if default is not inspect.Parameter.empty}
+    for kind, cls in LOSS_TYPES.items()
+}
+"""Per loss type, each optional parameter and its default (what the config schema mirrors)."""
+
+LOSS_REQUIRED: dict[str, tuple[str, ...]] = {
+    kind: tuple(name for name, default in _config_parameters(cls).items() if default is inspect.Parameter.empty)
+    for kind, cls in LOSS_TYPES.items()
+}
+"""Per loss type, the parameters a config entry must set (``pml``: ``loss``)."""
+
+
+def build_loss(spec: dict, num_classes: int, embedding_dim: int, *, name: str | None = None) -> MetricLoss:
+    """The loss a config entry describes, e.g. ``{type: constellation, k: 3}``.
+
+    ``name`` is the entry's key under ``losses:``, used in error messages (``losses.<name>.<parameter>``). An unknown
+    type, an unknown or missing parameter, or a bad value raises ``InputError`` naming the key.
+    """
+    if not isinstance(spec, dict):
+        raise InputError(f"losses.{name}: expected a mapping with a type, got {spec!r}")
+    where = f"losses.{name}" if name is not None else f"losses.<{spec.get('type', '?')} entry>"
+    if "type" not in spec:
+        raise InputError(f"{where}.type: missing; expected one of {', '.join(LOSS_TYPES)}")
+    kind = spec["type"]
+    if kind not in LOSS_TYPES:
+        raise InputError(f"{where}.type: unknown loss type {kind!r}; expected one of {', '.join(LOSS_TYPES)}")
+    cls = LOSS_TYPES[kind]
+    parameters = {key: value for key, value in spec.items() if key != "type"}
+    known = _config_parameters(cls)
+    for key in parameters:
+        if key not in known:
+            known_list = ", ".join(known) or "none"
+            raise InputError(f"{where}.{key}: unknown parameter of a {kind} loss (known: {known_list})")
+    for key in LOSS_REQUIRED[kind]:
+        if key not in parameters:
+            raise InputError(f"{where}.{key}: required for a {kind} loss")
+    accepted = inspect.signature(cls).parameters
+    sizes = {key: value for key, value in zip(_SIZES, (num_classes, embedding_dim)) if key in accepted}
+    try:
+        return cls(**sizes, **parameters)
+    except InputError as error:
+        raise InputError(f"{where}.{error}") from error
