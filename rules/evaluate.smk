@@ -1,0 +1,56 @@
+# Classifiers on the latent space per trial, then tables over trials per experiment.
+
+
+rule evaluate:
+    input:
+        "results/{experiment}/embeddings/{loss}/t{trial}.parquet",
+    output:
+        metrics="results/{experiment}/eval/{loss}/t{trial}/metrics.csv",
+        confusion="results/{experiment}/eval/{loss}/t{trial}/confusion.csv",
+        per_class="results/{experiment}/eval/{loss}/t{trial}/per_class.csv",
+        predictions="results/{experiment}/eval/{loss}/t{trial}/predictions.parquet",
+        spiked="results/{experiment}/eval/{loss}/t{trial}/spiked.csv",
+        open_set="results/{experiment}/eval/{loss}/t{trial}/open_set.csv",
+        episodes="results/{experiment}/eval/{loss}/t{trial}/episodes.csv",
+        classifiers="results/{experiment}/eval/{loss}/t{trial}/classifiers.joblib",
+    params:
+        experiment=experiment_of,
+        dataset=dataset_of,
+        seed=config["seed"],
+    log:
+        "logs/{experiment}/evaluate/{loss}/t{trial}.log",
+    benchmark:
+        "results/benchmarks/{experiment}/evaluate/{loss}/t{trial}.tsv"
+    conda:
+        "../envs/evaluate.yaml"
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    script:
+        "../scripts/evaluate.py"
+
+
+rule aggregate:
+    input:
+        unpack(trial_evaluations),
+    output:
+        tables=report(
+            directory("results/{experiment}/tables"),
+            caption="../report/tables.rst",
+            category="{experiment}",
+            subcategory="tables",
+            patterns=["{name}.md"],
+        ),
+    params:
+        experiment=experiment_of,
+    log:
+        "logs/{experiment}/aggregate.log",
+    benchmark:
+        "results/benchmarks/{experiment}/aggregate.tsv"
+    conda:
+        "../envs/evaluate.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    script:
+        "../scripts/aggregate.py"

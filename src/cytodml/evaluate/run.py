@@ -1,0 +1,343 @@
+"""One trial's evaluation: classifiers fitted on the training embeddings, scored on the test images in every view.
+
+Views (the ``view`` column of the metrics table):
+
+- ``multiclass``: the arg-max class of each known test image, no threshold (the papers' accuracy, F1, MCC, confusion);
+- ``rare``: the target classes as positives; an image is called a target when its predicted class is a target and its
+  confidence reaches the threshold (Luo et al., RSC Adv 2021; Gupta et al., CVPR-W 2019);
+- ``open_set``: known test images against images of classes never trained on, at the threshold;
+- ``latent``: clustering and retrieval quality of the known test embeddings themselves (classifier ``embedding``);
+- ``episodic`` (episodic protocol): nearest-prototype accuracy over N-way K-shot episodes (classifier ``prototype``).
+
+A softmax network's own output is reported as one more classifier, ``softmax``: its class probabilities, whose maximum
+is the confidence, so the softmax confidence and a metric-learning classifier's confidence meet the same threshold on
+the same open-set images.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pandas as pd
+
+from cytodml.errors import InputError
+from cytodml.evaluate.classifiers import select_on_validation
+from cytodml.evaluate.detection import choose_threshold, open_set_results, spiked_samples
+from cytodml.evaluate.metrics import (
+    UNKNOWN,
+    auroc,
+    binary_metrics,
+    cluster_metrics,
+    confusion_long,
+    multiclass_metrics,
+    per_class_metrics,
+    retrieval_metrics,
+)
+from cytodml.evaluate.protocols import episodic_accuracy
+from cytodml.io import atomic_path, write_csv, write_parquet
+
+PROTOCOLS = ("full", "fewshot", "episodic")
+SCORED = ("val", "test", "unknown")
+DEFAULT_THRESHOLD = 0.98
+SPIKED_DEFAULTS = {"samples": 6, "blanks": 4, "background": 2000, "spikes": [6, 10]}
+EPISODE_DEFAULTS = {"ways": 8, "shots": 5, "queries": 15, "count": 200}
+REQUIRED_COLUMNS = ("index", "subset", "label", "class_name", "embedding")
+
+
+def _check_table(embeddings: pd.DataFrame, class_names: list[str], loss: str) -> list[int]:
+    """Validate the embed stage's table; return the data-set label of each known class, in ``class_names`` order."""
+    where = f"embeddings of loss {loss!r}"
+    missing = [column for column in REQUIRED_COLUMNS if column not in embeddings.columns]
+    if missing:
+        raise InputError(f"{where}: missing column(s) {missing}")
+    stray = sorted(set(embeddings["subset"]) - {"train", "pool", *SCORED})
+    if stray:
+        raise InputError(f"{where}: unknown subset value(s) {stray}")
+    pairs = embeddings[["class_name", "label"]].drop_duplicates()
+    for column in ("class_name", "label"):
+        repeated = pairs[column][pairs[column].duplicated()]
+        if len(repeated):
+            raise InputError(f"{where}: {column} {repeated.iloc[0]!r} maps to more than one class")
+    label_of = dict(zip(pairs["class_name"], pairs["label"]))
+    absent = [name for name in class_names if name not in label_of]
+    if absent:
+        raise InputError(f"{where}: known class(es) {absent} have no row")
+    unknown_known = set(embeddings.loc[embeddings["subset"] == "unknown", "class_name"]) & set(class_names)
+    if unknown_known:
+        raise InputError(f"{where}: known class(es) {sorted(unknown_known)} appear in the 'unknown' subset")
+    if "probability" in embeddings.columns:
+        widths = {len(p) for p in embeddings["probability"]}
+        if widths != {len(class_names)}:
+            raise InputError(
+                f"{where}: column 'probability' holds vectors of length {sorted(widths)}, "
+                f"expected {len(class_names)} (one per known class)"
+            )
+    return [int(label_of[name]) for name in class_names]
+
+
+def _threshold_spec(experiment: dict):
+    spec = experiment.get("threshold", DEFAULT_THRESHOLD)
+    if isinstance(spec, dict):
+        if set(spec) != {"false_alarm_rate"}:
+            raise InputError(f"threshold: expected a number or {{false_alarm_rate: rate}}, got {spec}")
+        return spec
+    if isinstance(spec, bool) or not isinstance(spec, (int, float)) or not 0 <= spec <= 1:
+        raise InputError(f"threshold = {spec!r}: expected a confidence in [0, 1] or {{false_alarm_rate: rate}}")
+    return float(spec)
+
+
+def _threshold(spec, predicted, confidence, y, is_val, targets) -> float:
+    """The fixed threshold, or the one whose validation false-alarm rate meets the configured rate.
+
+    A validation false alarm is a non-target called a target class (with targets), else any image called a wrong
+    class: the call a threshold exists to suppress.
+    """
+    if not isinstance(spec, dict):
+        return spec
+    if not is_val.any():
+        raise InputError("threshold.false_alarm_rate: the split has no validation images to choose the threshold on")
+    predicted, confidence, y = predicted[is_val], confidence[is_val], y[is_val]
+    if len(targets):
+        negative = ~np.isin(y, targets)
+        alarm = np.isin(predicted, targets)
+    else:
+        negative = np.ones(len(y), dtype=bool)
+        alarm = predicted != y
+    scores = np.where(alarm, confidence, 0.0)[negative]
+    return choose_threshold(scores, spec["false_alarm_rate"])
+
+
+def _rows(classifier: str, view: str, values: dict) -> list[dict]:
+    return [{"classifier": classifier, "view": view, "metric": k, "value": float(v)} for k, v in values.items()]
+
+
+def _calls(experiment, table, X, known_labels, is_train, is_val, is_scored, seed):
+    """Fitted classifiers, and per classifier the class labels and probabilities of the scored rows."""
+    fitted, calls = {}, {}
+    for name, params in (experiment.get("classifiers") or {}).items():
+        fitted[name], _ = select_on_validation(
+            name,
+            params or {},
+            X[is_train],
+            table["label"].to_numpy()[is_train],
+            X[is_val],
+            table["label"].to_numpy()[is_val],
+            seed,
+        )
+        scored = X[is_scored]
+        calls[name] = (fitted[name].classes_, fitted[name].predict_proba(scored), fitted[name].confidence(scored))
+    if "probability" in table.columns:
+        # the softmax network's own answer: its maximum class probability, as the rare-bioparticle paper compares
+        probability = np.stack(table.loc[is_scored, "probability"].to_numpy()).astype(np.float64)
+        calls["softmax"] = (np.asarray(known_labels), probability, probability.max(axis=1))
+    if not calls:
+        raise InputError("classifiers: none configured, and the embeddings have no softmax 'probability' column")
+    return fitted, calls
+
+
+def _spiked_config(experiment: dict, pool: int) -> dict:
+    given = experiment.get("spiked") or {}
+    stray = set(given) - set(SPIKED_DEFAULTS)
+    if stray:
+        raise InputError(f"spiked: unknown key(s) {sorted(stray)}; expected {sorted(SPIKED_DEFAULTS)}")
+    # The published 2000-image background shrinks to a small test pool unless the config asks for it explicitly.
+    return {**SPIKED_DEFAULTS, "background": min(SPIKED_DEFAULTS["background"], pool)} | given
+
+
+@dataclass(frozen=True)
+class _Scored:
+    """The rows a trial scores (val, test, unknown) and what every classifier is judged against."""
+
+    index: np.ndarray
+    subset: np.ndarray
+    y: np.ndarray
+    known_labels: list[int]
+    class_names: list[str]
+    target_labels: np.ndarray
+    threshold_spec: object
+    spiked_config: dict
+    seed: int
+
+    @property
+    def is_val(self) -> np.ndarray:
+        return self.subset == "val"
+
+    @property
+    def is_test(self) -> np.ndarray:
+        return self.subset == "test"
+
+    @property
+    def on_sample(self) -> np.ndarray:
+        """Test and open-set images: what a screened sample would hold."""
+        return np.isin(self.subset, ("test", "unknown"))
+
+    @property
+    def is_target(self) -> np.ndarray:
+        return np.isin(self.y, self.target_labels)
+
+
+def _judge(name: str, classes: np.ndarray, proba: np.ndarray, confidence: np.ndarray, rows: _Scored) -> dict[str, list]:
+    """Every view of one classifier's probabilities and confidence over the scored rows."""
+    predicted = classes[np.argmax(proba, axis=1)]
+    threshold = _threshold(rows.threshold_spec, predicted, confidence, rows.y, rows.is_val, rows.target_labels)
+    test, sample, is_unknown = rows.is_test, rows.on_sample, rows.subset == "unknown"
+    y, labels, names = rows.y, rows.known_labels, rows.class_names
+
+    metrics = _rows(name, "multiclass", multiclass_metrics(y[test], predicted[test], labels))
+    open_set = open_set_results(confidence[test], predicted[test], y[test], confidence[is_unknown], threshold)
+    metrics += _rows(name, "open_set", {**open_set, "threshold": threshold})
+    # At the threshold, open-set images are the actual "unknown" row and rejected images the predicted one.
+    actual = np.where(is_unknown, UNKNOWN, y)
+    called = np.where(confidence >= threshold, predicted, UNKNOWN)
+    confusion = [
+        confusion_long(y[test], predicted[test], labels, names).assign(classifier=name, view="multiclass"),
+        confusion_long(actual[sample], called[sample], labels, names).assign(classifier=name, view="open_set"),
+    ]
+    spiked = []
+    if len(rows.target_labels):
+        predicted_target = np.isin(predicted, rows.target_labels)
+        target_score = proba[:, np.isin(classes, rows.target_labels)].sum(axis=1)
+        rare = binary_metrics(rows.is_target[test], (predicted_target & (confidence >= threshold))[test])
+        rare["auroc"] = auroc(target_score[test], rows.is_target[test])
+        metrics += _rows(name, "rare", {**rare, "threshold": threshold})
+        samples = spiked_samples(
+            predicted_target[sample],
+            confidence[sample],
+            rows.is_target[sample],
+            threshold,
+            seed=rows.seed,
+            **rows.spiked_config,
+        )
+        spiked.append(_first(samples.assign(classifier=name, threshold=threshold), ["classifier"]))
+    predictions = pd.DataFrame(
+        {
+            "index": rows.index,
+            "subset": rows.subset,
+            "label": y,
+            "classifier": name,
+            "predicted": predicted,
+            "confidence": confidence,
+        }
+    )
+    return {
+        "metrics": metrics,
+        "confusion": confusion,
+        "per_class": [per_class_metrics(y[test], predicted[test], labels, names).assign(classifier=name)],
+        "predictions": [predictions],
+        "spiked": spiked,
+        "open_set": [{"classifier": name, "threshold": threshold, **open_set}],
+    }
+
+
+def _episodes(experiment: dict, X_test: np.ndarray, names_test: np.ndarray, seed: int) -> pd.DataFrame:
+    given = experiment.get("episodes") or {}
+    stray = set(given) - set(EPISODE_DEFAULTS)
+    if stray:
+        raise InputError(f"episodes: unknown key(s) {sorted(stray)}; expected {sorted(EPISODE_DEFAULTS)}")
+    table = episodic_accuracy(X_test, names_test, seed=seed, **(EPISODE_DEFAULTS | given))
+    return table.rename(columns={"class": "class_name"})
+
+
+def evaluate_trial(
+    embeddings: pd.DataFrame, experiment: dict, class_names: list[str], loss: str, seed: int
+) -> dict[str, object]:
+    """Evaluate one trial's embeddings (the embed stage's table) under the experiment's protocol.
+
+    Classifiers named in ``experiment["classifiers"]`` are fitted on the ``train`` rows, with open hyper-parameters
+    chosen on ``val`` (:func:`select_on_validation`), and applied to ``val``, ``test`` and ``unknown`` rows. The
+    threshold is ``experiment["threshold"]`` (default 0.98) or, given ``{false_alarm_rate: r}``, chosen per classifier
+    on validation (:func:`_threshold`). Targets (``experiment["targets"]``, class names) make the ``rare`` view and
+    the spiked samples; spiked-sample backgrounds are the non-target ``test`` and ``unknown`` images, so unseen
+    particle types can raise false positives as in a real water sample, and every classifier sees the same samples
+    (one seed), so their rows pair up. The episodic protocol adds nearest-prototype episodes on the known test
+    images (``experiment["episodes"]``).
+
+    Returns a dict: ``metrics`` (classifier, view, metric, value), ``confusion`` (classifier, view, actual, predicted,
+    count: view ``multiclass`` the arg-max on known test images, view ``open_set`` at the threshold with open-set
+    images as actual "unknown"), ``per_class``, ``predictions`` (index, subset, label, classifier, predicted,
+    confidence for the val, test and unknown rows), ``spiked`` and ``open_set`` (one table each, a ``classifier``
+    column first), ``episodes`` (per class; empty unless the protocol is episodic) and ``classifiers`` (name -> fitted).
+    """
+    protocol = experiment.get("protocol")
+    if protocol not in PROTOCOLS:
+        raise InputError(f"protocol = {protocol!r}: expected one of {', '.join(PROTOCOLS)}")
+    known_labels = _check_table(embeddings, class_names, loss)
+    targets = experiment.get("targets") or []
+    stray = [t for t in targets if t not in class_names]
+    if stray:
+        raise InputError(f"targets: {stray} are not among the known classes {class_names}")
+    threshold_spec = _threshold_spec(experiment)
+
+    table = embeddings.reset_index(drop=True)
+    X = np.stack(table["embedding"].to_numpy()).astype(np.float64)
+    subset = table["subset"].to_numpy()
+    is_scored = np.isin(subset, SCORED)
+    if not (subset == "test").any():
+        raise InputError(f"embeddings of loss {loss!r}: no 'test' rows to evaluate")
+    fitted, calls = _calls(experiment, table, X, known_labels, subset == "train", subset == "val", is_scored, seed)
+
+    scored = table[is_scored]
+    target_labels = np.array([known_labels[class_names.index(t)] for t in targets], dtype=np.int64)
+    background = scored["subset"].isin(["test", "unknown"]) & ~scored["label"].isin(target_labels)
+    rows = _Scored(
+        index=scored["index"].to_numpy(),
+        subset=scored["subset"].to_numpy(),
+        y=scored["label"].to_numpy(),
+        known_labels=known_labels,
+        class_names=class_names,
+        target_labels=target_labels,
+        threshold_spec=threshold_spec,
+        spiked_config=_spiked_config(experiment, int(background.sum())),
+        seed=seed,
+    )
+    parts = {"metrics": [], "confusion": [], "per_class": [], "predictions": [], "spiked": [], "open_set": []}
+    for name, (classes, proba, confidence) in calls.items():
+        for key, value in _judge(name, classes, proba, confidence, rows).items():
+            parts[key] += value
+
+    X_test, y_test = X[is_scored][rows.is_test], rows.y[rows.is_test]
+    parts["metrics"] += _rows(
+        "embedding", "latent", cluster_metrics(X_test, y_test) | retrieval_metrics(X_test, y_test)
+    )
+    episodes = pd.DataFrame(columns=["class_name", "accuracy", "ci_low", "ci_high", "episodes"])
+    if protocol == "episodic":
+        name_of = dict(zip(known_labels, class_names))
+        episodes = _episodes(experiment, X_test, np.array([name_of[v] for v in y_test]), seed)
+        # Every episode holds `ways` classes with `queries` queries each, so the mean episode accuracy is the
+        # episode-weighted mean of the per-class accuracies.
+        overall = np.average(episodes["accuracy"], weights=episodes["episodes"])
+        parts["metrics"] += _rows("prototype", "episodic", {"accuracy": overall})
+
+    return {
+        "metrics": pd.DataFrame(parts["metrics"], columns=["classifier", "view", "metric", "value"]),
+        "confusion": _first(pd.concat(parts["confusion"], ignore_index=True), ["classifier", "view"]),
+        "per_class": _first(pd.concat(parts["per_class"], ignore_index=True), ["classifier"]),
+        "predictions": pd.concat(parts["predictions"], ignore_index=True),
+        "spiked": (
+            pd.concat(parts["spiked"], ignore_index=True) if parts["spiked"] else pd.DataFrame(columns=["classifier"])
+        ),
+        "open_set": pd.DataFrame(parts["open_set"]),
+        "episodes": episodes,
+        "classifiers": fitted,
+    }
+
+
+def _first(table: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """``table`` with ``columns`` moved to the front."""
+    return table[columns + [c for c in table.columns if c not in columns]]
+
+
+def write_trial(results: dict[str, object], out_dir) -> None:
+    """Write :func:`evaluate_trial`'s results into ``out_dir``, each file atomically.
+
+    metrics.csv, confusion.csv, per_class.csv, predictions.parquet, spiked.csv, open_set.csv, episodes.csv and
+    classifiers.joblib (name -> fitted classifier). A table a trial has no rows for (spiked samples without targets,
+    episodes outside the episodic protocol) is written with its header only, so every trial has the same files.
+    """
+    out_dir = Path(out_dir)
+    for name in ("metrics", "confusion", "per_class", "spiked", "open_set", "episodes"):
+        write_csv(results[name], out_dir / f"{name}.csv")
+    write_parquet(results["predictions"], out_dir / "predictions.parquet")
+    with atomic_path(out_dir / "classifiers.joblib") as tmp:
+        joblib.dump(results["classifiers"], tmp)

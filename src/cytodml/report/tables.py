@@ -1,0 +1,354 @@
+"""Tables over trials: mean +- std per loss x classifier, a paired test against the softmax baseline, paper layouts.
+
+The inputs are the per-trial tables that :func:`cytodml.evaluate.run.write_trial` writes, stacked with a ``loss`` and a
+``trial`` column (:func:`collect_trials`). Numbers are printed as the source papers print them: accuracy-like rates in
+percent with one decimal ("85.0 +- 0.6", Medela & Picon 2020, Table 1), silhouette, Davies-Bouldin and MCC raw with two
+(Gupta et al. 2019, Tables 2-4).
+"""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from cytodml.errors import InputError
+from cytodml.io import write_csv, write_text
+
+KEYS = ["loss", "classifier", "view", "metric"]
+SIGNIFICANCE = 0.05
+MARK = "*"
+WILCOXON_MIN_TRIALS = 6
+PERCENT = {
+    "accuracy",
+    "balanced_accuracy",
+    "precision_macro",
+    "recall_macro",
+    "f1_macro",
+    "sensitivity",
+    "specificity",
+    "false_alarm_rate",
+    "precision",
+    "f_score",
+    "known_lost_rate",
+    "known_accepted_accuracy",
+    "precision_at_1",
+    "map_at_r",
+    "recovery",
+}
+COUNTS = {"tp", "fn", "fp", "tn", "unknown_total", "false_alarms", "known_total", "known_lost"}
+THREE_DECIMALS = {"auroc", "threshold"}
+# What each paper-style table shows; the CSV beside it holds every metric of the view.
+LAYOUTS = {
+    "metrics": ("multiclass", ["accuracy", "balanced_accuracy", "precision_macro", "recall_macro", "f1_macro", "mcc"]),
+    "rare": ("rare", ["sensitivity", "specificity", "precision", "f_score", "balanced_accuracy", "mcc", "auroc"]),
+    "latent": ("latent", ["silhouette", "davies_bouldin", "precision_at_1", "map_at_r"]),
+}
+TRIAL_TABLES = ("metrics", "confusion", "spiked", "open_set", "episodes")
+
+
+def collect_trials(trial_dirs: dict[tuple[str, int], object]) -> dict[str, pd.DataFrame]:
+    """Stack the per-trial CSVs of :func:`write_trial` from ``{(loss, trial): eval_dir}``, adding ``loss``, ``trial``.
+
+    Returns one table per name in :data:`TRIAL_TABLES`; a table no trial has rows for (header-only files: spiked
+    samples without targets, episodes outside the episodic protocol) is None.
+    """
+    stacked: dict[str, list[pd.DataFrame]] = {name: [] for name in TRIAL_TABLES}
+    for (loss, trial), eval_dir in trial_dirs.items():
+        for name in TRIAL_TABLES:
+            path = Path(eval_dir) / f"{name}.csv"
+            if not path.exists():
+                raise InputError(f"{path}: missing; the evaluate stage of loss {loss!r}, trial {trial} writes it")
+            table = pd.read_csv(path, keep_default_na=False, na_values=[""])
+            if table.empty:
+                continue
+            stacked[name].append(table.assign(loss=loss, trial=trial)[["loss", "trial", *table.columns]])
+    return {name: pd.concat(tables, ignore_index=True) if tables else None for name, tables in stacked.items()}
+
+
+def sum_confusion(confusion: pd.DataFrame) -> pd.DataFrame:
+    """Confusion counts summed over trials, per loss, classifier, view and (actual, predicted) pair."""
+    keys = [column for column in confusion.columns if column not in ("trial", "count")]
+    return confusion.groupby(keys, as_index=False, sort=False)["count"].sum()
+
+
+def _paired_test(values: np.ndarray, baseline: np.ndarray) -> tuple[str, float]:
+    """Two-sided paired test of ``values`` against ``baseline`` (same trials, NaN pairs dropped)."""
+    kept = ~(np.isnan(values) | np.isnan(baseline))
+    values, baseline = values[kept], baseline[kept]
+    if len(values) < 2:
+        return "", np.nan
+    test = "wilcoxon" if len(values) >= WILCOXON_MIN_TRIALS else "paired_t"
+    if np.array_equal(values, baseline):
+        return test, 1.0
+    if test == "wilcoxon":
+        return test, float(stats.wilcoxon(values, baseline).pvalue)
+    return test, float(stats.ttest_rel(values, baseline).pvalue)
+
+
+def aggregate(metrics: pd.DataFrame, baseline: str = "softmax") -> pd.DataFrame:
+    """Mean, std (n - 1) and n over trials per (loss, classifier, view, metric), and a paired test against ``baseline``.
+
+    Each loss is compared with the baseline loss for the same classifier, view and metric, trial by trial: the
+    Wilcoxon signed-rank test where at least 6 trials pair up (below that its smallest two-sided p-value, 2 / 2^n,
+    cannot reach 0.05), else the paired t-test; columns ``test`` (``wilcoxon``, ``paired_t`` or empty where nothing
+    pairs) and ``p_value``. Identical pairs give p = 1. NaN values (0 / 0 metrics) are left out of mean, std and n.
+    """
+    missing = [c for c in [*KEYS, "trial", "value"] if c not in metrics.columns]
+    if missing:
+        raise InputError(f"metrics table: missing column(s) {missing}")
+    table = metrics.groupby(KEYS, sort=False)["value"].agg(mean="mean", std="std", n="count").reset_index()
+    by_trial = metrics.groupby([*KEYS, "trial"])["value"].first().unstack("trial")
+    tests, p_values = [], []
+    for key in zip(*(table[k] for k in KEYS)):
+        base_key = (baseline, *key[1:])
+        if key[0] == baseline or base_key not in by_trial.index or key not in by_trial.index:
+            tests.append("")
+            p_values.append(np.nan)
+            continue
+        test, p = _paired_test(by_trial.loc[key].to_numpy(float), by_trial.loc[base_key].to_numpy(float))
+        tests.append(test)
+        p_values.append(p)
+    return table.assign(test=tests, p_value=p_values)
+
+
+def _scale(metric: str) -> tuple[float, int]:
+    """(factor, decimals) a metric is printed with."""
+    if metric in PERCENT:
+        return 100.0, 1
+    if metric in COUNTS:
+        return 1.0, 1
+    return 1.0, 3 if metric in THREE_DECIMALS else 2
+
+
+def format_cell(mean: float, std: float, metric: str, p_value: float = np.nan) -> str:
+    """ "85.0 +- 0.6" in the metric's unit (std left out where undefined), ``*`` appended where p < 0.05."""
+    if np.isnan(mean):
+        return ""
+    factor, decimals = _scale(metric)
+    cell = f"{mean * factor:.{decimals}f}"
+    if not np.isnan(std):
+        cell += f" +- {std * factor:.{decimals}f}"
+    return cell + (MARK if p_value < SIGNIFICANCE else "")
+
+
+def _header(metric: str) -> str:
+    return f"{metric} (%)" if metric in PERCENT else metric
+
+
+def paper_table(aggregated: pd.DataFrame, view: str, metrics: list[str], classifier: str | None = None) -> pd.DataFrame:
+    """One row per loss (per loss x classifier when ``classifier`` is None), one column per metric, cells formatted.
+
+    Losses and classifiers keep their order of appearance (the config's order); a metric a row lacks is left blank.
+    """
+    rows = aggregated[aggregated["view"] == view]
+    if classifier is not None:
+        rows = rows[rows["classifier"] == classifier]
+    if rows.empty:
+        raise InputError(
+            f"no aggregated metrics for view {view!r}" + (f", classifier {classifier!r}" if classifier else "")
+        )
+    index = ["loss"] if classifier is not None else ["loss", "classifier"]
+    cells = rows.assign(
+        cell=[
+            format_cell(m, s, metric, p)
+            for m, s, metric, p in zip(rows["mean"], rows["std"], rows["metric"], rows["p_value"])
+        ]
+    )
+    table = _spread(cells, index, ["cell"])["cell"]
+    return table.reindex(columns=metrics, fill_value="").fillna("").reset_index().rename_axis(columns=None)
+
+
+def _spread(rows: pd.DataFrame, index: list[str], values: list[str]) -> pd.DataFrame:
+    """``values`` of long rows spread over one column per metric; rows in order of first appearance."""
+    table = rows.set_index([*index, "metric"])[values].unstack("metric")
+    order = rows[index].drop_duplicates()
+    return table.reindex(pd.MultiIndex.from_frame(order) if len(index) > 1 else pd.Index(order[index[0]]))
+
+
+def _wide(aggregated: pd.DataFrame, view: str) -> pd.DataFrame:
+    """Every metric of a view as ``{metric}_mean``, ``{metric}_std``, ``{metric}_p_value`` per loss x classifier."""
+    rows = aggregated[aggregated["view"] == view]
+    columns = ["mean", "std", "p_value"]
+    table = _spread(rows, ["loss", "classifier"], columns)
+    table.columns = [f"{metric}_{stat}" for stat, metric in table.columns]
+    ordered = [f"{m}_{stat}" for m in dict.fromkeys(rows["metric"]) for stat in columns]
+    trials = rows.groupby(["loss", "classifier"], sort=False)["n"].max().rename("trials")
+    return table[ordered].join(trials).reset_index()
+
+
+FOOTNOTE = (
+    "Mean +- standard deviation over trials. {mark} p < 0.05 against the {baseline} loss with the same classifier "
+    "(two-sided paired Wilcoxon signed-rank test over trials where there are at least 6, else paired t-test)."
+)
+
+
+def _latex_escape(text: str) -> str:
+    for char, escaped in (
+        ("\\", r"\textbackslash{}"),
+        ("&", r"\&"),
+        ("%", r"\%"),
+        ("$", r"\$"),
+        ("#", r"\#"),
+        ("_", r"\_"),
+        ("{", r"\{"),
+        ("}", r"\}"),
+        ("~", r"\textasciitilde{}"),
+        ("^", r"\^{}"),
+    ):
+        text = text.replace(char, escaped)
+    return text.replace(" +- ", r" $\pm$ ").replace(MARK, f"$^{{{MARK}}}$")
+
+
+def _write_formatted(table: pd.DataFrame, footnote: str, path_stem: Path, latex: bool = True) -> None:
+    """``table`` (cells already formatted) as Markdown and, with ``latex``, as a LaTeX tabular, each with its footnote."""
+    table = table.rename(columns=lambda c: _header(c) if c not in ("loss", "classifier") else c)
+    write_text(table.to_markdown(index=False) + f"\n\n{footnote}\n", path_stem.with_suffix(".md"))
+    if latex:
+        escaped = table.map(lambda cell: _latex_escape(str(cell))).rename(columns=_latex_escape)
+        tabular = escaped.to_latex(index=False, escape=False, column_format="l" * len(escaped.columns))
+        write_text(tabular + f"\\par\\footnotesize {_latex_escape(footnote)}\n", path_stem.with_suffix(".tex"))
+
+
+def _spiked_summary(spiked: pd.DataFrame) -> pd.DataFrame:
+    """Per loss x classifier: per-trial means of the samples (sensitivity, recovery over spiked ones), then mean and
+    std over trials; alarm counts and false positives summed over trials."""
+    samples = spiked[spiked["kind"].isin(["spiked", "blank"])]
+    is_spiked = samples["kind"] == "spiked"
+    alarms = samples["alarm"] == "yes"
+    per_trial = (
+        samples.assign(
+            spiked_alarms=alarms & is_spiked,
+            spiked_samples=is_spiked,
+            blank_alarms=alarms & ~is_spiked,
+            blank_samples=~is_spiked,
+        )
+        .groupby(["loss", "classifier", "trial"], sort=False)
+        .agg(
+            sensitivity=("sensitivity", "mean"),
+            specificity=("specificity", "mean"),
+            recovery=("recovery", "mean"),
+            false_positives=("false_positives", "sum"),
+            spiked_alarms=("spiked_alarms", "sum"),
+            spiked_samples=("spiked_samples", "sum"),
+            blank_alarms=("blank_alarms", "sum"),
+            blank_samples=("blank_samples", "sum"),
+            threshold=("threshold", "first"),
+        )
+    )
+    grouped = per_trial.groupby(["loss", "classifier"], sort=False)
+    rates = grouped[["sensitivity", "specificity", "recovery", "threshold"]].agg(["mean", "std"])
+    rates.columns = [f"{metric}_{stat}" for metric, stat in rates.columns]
+    counts = grouped[["false_positives", "spiked_alarms", "spiked_samples", "blank_alarms", "blank_samples"]].sum()
+    counts = counts.astype(np.int64)
+    return rates.join(counts).join(grouped.size().rename("trials")).reset_index()
+
+
+def _open_set_summary(open_set: pd.DataFrame, aggregated: pd.DataFrame) -> pd.DataFrame:
+    """Counts summed over trials with pooled rates, beside the over-trial mean, std and test of every open-set metric."""
+    counts = open_set.groupby(["loss", "classifier"], sort=False)[
+        ["unknown_total", "false_alarms", "known_total", "known_lost"]
+    ].sum()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        counts["pooled_false_alarm_rate"] = counts["false_alarms"] / counts["unknown_total"]
+        counts["pooled_known_lost_rate"] = counts["known_lost"] / counts["known_total"]
+    wide = _wide(aggregated, "open_set").set_index(["loss", "classifier"])
+    return counts.join(wide, how="left").reset_index()
+
+
+def _fraction(part: float, whole: float) -> str:
+    return f"{part:.0f} / {whole:.0f}" + (f" ({100 * part / whole:.1f}%)" if whole else "")
+
+
+def write_tables(
+    aggregated: pd.DataFrame,
+    confusion: pd.DataFrame,
+    spiked: pd.DataFrame | None,
+    open_set: pd.DataFrame | None,
+    out_dir,
+    episodes: pd.DataFrame | None = None,
+    baseline: str = "softmax",
+) -> None:
+    """Write the study's tables into ``out_dir`` (CSV with snake-case numeric columns, Markdown, LaTeX).
+
+    - ``aggregated.csv``: :func:`aggregate`'s long table, every view;
+    - ``metrics``, ``rare``, ``latent`` (.csv/.md/.tex): the multiclass, rare-event and latent-space views, a row per
+      loss x classifier; the CSV has ``{metric}_mean``, ``_std``, ``_p_value`` and ``trials``; a view no trial
+      reported is skipped;
+    - ``open_set`` (.csv/.md/.tex): false alarms on unseen classes and known images lost, summed over trials;
+    - ``spiked`` (.csv/.md/.tex): the spiked-sample simulation per loss x classifier (skipped without targets);
+      ``open_set`` and ``spiked`` are skipped where their table is None or empty;
+    - ``confusion.csv``: confusion counts summed over trials;
+    - ``episodes`` (.csv/.md): per-class episodic accuracy, mean +- std over trials (episodic protocol only).
+
+    ``confusion``, ``spiked``, ``open_set`` and ``episodes`` are the per-trial tables stacked with ``loss`` and
+    ``trial`` columns, as :func:`collect_trials` returns them.
+    """
+    out_dir = Path(out_dir)
+    footnote = FOOTNOTE.format(mark=MARK, baseline=baseline)
+    write_csv(aggregated, out_dir / "aggregated.csv")
+    for name, (view, shown) in LAYOUTS.items():
+        if not (aggregated["view"] == view).any():
+            continue
+        write_csv(_wide(aggregated, view), out_dir / f"{name}.csv")
+        present = [m for m in shown if m in set(aggregated.loc[aggregated["view"] == view, "metric"])]
+        _write_formatted(paper_table(aggregated, view, present), footnote, out_dir / name)
+
+    if open_set is not None and not open_set.empty:
+        summary = _open_set_summary(open_set, aggregated)
+        write_csv(summary, out_dir / "open_set.csv")
+        fractions = summary[["loss", "classifier"]].assign(
+            **{
+                "false alarms": list(map(_fraction, summary["false_alarms"], summary["unknown_total"])),
+                "known lost": list(map(_fraction, summary["known_lost"], summary["known_total"])),
+            }
+        )
+        rates = paper_table(aggregated, "open_set", ["false_alarm_rate", "known_lost_rate", "auroc"])
+        _write_formatted(
+            fractions.merge(rates, on=["loss", "classifier"], how="left"),
+            footnote + " Counts are summed over trials.",
+            out_dir / "open_set",
+        )
+
+    if spiked is not None and not spiked.empty:
+        summary = _spiked_summary(spiked)
+        write_csv(summary, out_dir / "spiked.csv")
+        shown = summary[["loss", "classifier"]].assign(
+            **{
+                metric: [format_cell(m, s, metric) for m, s in zip(summary[f"{metric}_mean"], summary[f"{metric}_std"])]
+                for metric in ("sensitivity", "specificity", "recovery")
+            },
+            **{
+                "alarms, spiked": [f"{a} / {b}" for a, b in zip(summary["spiked_alarms"], summary["spiked_samples"])],
+                "alarms, blank": [f"{a} / {b}" for a, b in zip(summary["blank_alarms"], summary["blank_samples"])],
+                "false positives": summary["false_positives"],
+            },
+        )
+        _write_formatted(
+            shown,
+            "Simulated samples (Luo et al. 2021, Table 5): per trial the mean over its samples, then mean +- standard "
+            "deviation over trials; alarms and false positives summed over trials.",
+            out_dir / "spiked",
+        )
+
+    keys = [c for c in confusion.columns if c not in ("trial", "count")]
+    write_csv(confusion.groupby(keys, sort=False)["count"].sum().reset_index(), out_dir / "confusion.csv")
+
+    if episodes is not None and not episodes.empty:
+        per_class = (
+            episodes.groupby(["loss", "class_name"], sort=False)["accuracy"]
+            .agg(accuracy_mean="mean", accuracy_std="std", trials="count")
+            .reset_index()
+        )
+        write_csv(per_class, out_dir / "episodes.csv")
+        cells = per_class.assign(
+            cell=[format_cell(m, s, "accuracy") for m, s in zip(per_class["accuracy_mean"], per_class["accuracy_std"])]
+        )
+        shown = cells.pivot_table(index="loss", columns="class_name", values="cell", aggfunc="first", sort=False)
+        _write_formatted(
+            shown.reset_index().rename_axis(columns=None),
+            "Nearest-prototype accuracy per class (%), mean +- standard deviation over trials of the per-trial "
+            "mean over episodes.",
+            out_dir / "episodes",
+            latex=False,
+        )

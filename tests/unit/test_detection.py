@@ -1,0 +1,119 @@
+"""Threshold choice, the spiked-sample simulation and open-set counts, each against numbers worked out by hand."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cytodml.errors import InputError
+from cytodml.evaluate.detection import choose_threshold, open_set_results, spiked_samples
+
+
+def test_threshold_meets_the_false_alarm_rate_on_a_known_distribution():
+    rng = np.random.default_rng(0)
+    validation = rng.uniform(size=10_000)
+    threshold = choose_threshold(validation, 0.01)
+    assert np.mean(validation >= threshold) == 0.01  # exactly 100 of 10 000 distinct scores reach it
+    assert threshold == pytest.approx(0.99, abs=0.003)  # the uniform's 99th percentile
+    fresh = rng.uniform(size=100_000)
+    assert np.mean(fresh >= threshold) == pytest.approx(0.01, abs=0.002)
+
+
+def test_threshold_is_the_lowest_that_keeps_the_rate_and_cannot_split_ties():
+    scores = np.r_[np.full(5, 0.9), np.full(95, 0.5)]
+    # 3 alarms allowed, but the 5 tied at 0.9 go together: the threshold must pass all of them
+    at_3 = choose_threshold(scores, 0.03)
+    assert 0.9 < at_3 < 0.9 + 1e-12 and np.mean(scores >= at_3) == 0.0
+    # 5 allowed: the 0.9s may alarm, the 0.5s may not
+    at_5 = choose_threshold(scores, 0.05)
+    assert 0.5 < at_5 <= 0.9 and np.mean(scores >= at_5) == 0.05
+    assert choose_threshold(scores, 1.0) == 0.5
+
+
+@pytest.mark.parametrize("rate", [-0.1, 1.5])
+def test_threshold_rate_outside_0_1(rate):
+    with pytest.raises(InputError, match="threshold.false_alarm_rate"):
+        choose_threshold([0.5, 0.6], rate)
+
+
+def hand_case():
+    """10 background images, one called a target (0.99); 3 targets: one called, one below the threshold, one
+    predicted as a non-target class."""
+    pred_is_target = np.r_[True, True, np.zeros(8, bool), True, True, False]
+    confidence = np.r_[0.99, 0.5, np.full(8, 0.99), 0.99, 0.9, 0.99]
+    is_target = np.r_[np.zeros(10, bool), np.ones(3, bool)]
+    return pred_is_target, confidence, is_target
+
+
+def test_spiked_samples_by_hand():
+    table = spiked_samples(*hand_case(), threshold=0.98, background=10, spikes=(3, 3), samples=2, blanks=1, seed=0)
+    # every spiked sample holds all 10 backgrounds and all 3 targets: 1 detected, 1 false positive
+    spiked = table.iloc[:2]
+    assert list(spiked["sample"]) == ["1", "2"] and (spiked["kind"] == "spiked").all()
+    assert (spiked["images"] == 13).all() and (spiked["spikes"] == 3).all()
+    assert (spiked["detected"] == 1).all() and (spiked["false_positives"] == 1).all()
+    assert np.allclose(spiked["sensitivity"], 1 / 3)
+    assert np.allclose(spiked["specificity"], 9 / 10)
+    assert np.allclose(spiked["recovery"], (1 + 1) / 3)  # the method reports 2 objects for 3 spiked
+    assert (spiked["alarm"] == "yes").all()
+    blank = table.iloc[2]
+    assert blank["kind"] == "blank" and blank["images"] == 10 and blank["spikes"] == 0
+    assert blank["detected"] == 0 and blank["false_positives"] == 1 and blank["alarm"] == "yes"  # a false alarm
+    assert np.isnan(blank["sensitivity"]) and np.isnan(blank["recovery"]) and blank["specificity"] == 0.9
+    mean = table.iloc[3]
+    assert mean["sample"] == "mean"
+    assert mean["images"] == pytest.approx(12) and mean["spikes"] == 3 and mean["detected"] == 1
+    assert mean["sensitivity"] == pytest.approx(1 / 3) and mean["specificity"] == pytest.approx(0.9)
+    assert mean["recovery"] == pytest.approx(2 / 3)
+    assert mean["alarm"] == "spiked 2/2, blank 1/1"
+    assert not table["background_resampled"].any() and not table["spikes_resampled"].any()
+
+
+def test_spike_counts_cycle_through_the_range_and_draws_are_seeded():
+    args = (*hand_case(), 0.98)
+    table = spiked_samples(*args, background=4, spikes=(1, 3), samples=5, blanks=2, seed=3)
+    assert list(table["spikes"].iloc[:7]) == [1, 2, 3, 1, 2, 0, 0]
+    assert list(table["kind"].iloc[:7]) == ["spiked"] * 5 + ["blank"] * 2
+    assert (table["images"].iloc[:7] == 4 + table["spikes"].iloc[:7]).all()
+    # a sample of 4 of the 10 backgrounds holds the one called background image or not
+    assert set(table["false_positives"].iloc[:7]) <= {0, 1}
+    pd.testing.assert_frame_equal(
+        table, spiked_samples(*args, background=4, spikes=(1, 3), samples=5, blanks=2, seed=3)
+    )
+
+
+def test_backgrounds_are_resampled_only_when_the_pool_is_too_small():
+    table = spiked_samples(*hand_case(), threshold=0.98, background=25, spikes=(2, 2), samples=1, blanks=1, seed=0)
+    assert table["background_resampled"].all() and not table["spikes_resampled"].any()
+    assert (table["images"].iloc[:2] == [27, 25]).all()
+    short = spiked_samples(*hand_case(), threshold=0.98, background=5, spikes=(4, 4), samples=1, blanks=0, seed=0)
+    assert short["spikes_resampled"].iloc[0] and not short["background_resampled"].iloc[0]
+
+
+def test_spiked_samples_need_targets():
+    pred, confidence, _ = hand_case()
+    with pytest.raises(InputError, match="no target"):
+        spiked_samples(pred, confidence, np.zeros(13, bool), 0.98, 10, (6, 10), 6, 4, 0)
+
+
+def test_open_set_results_by_hand():
+    results = open_set_results(
+        confidence_known=[0.99, 0.97, 0.5, 0.985],
+        pred_known=[0, 1, 1, 2],
+        y_known=[0, 1, 0, 1],
+        confidence_unknown=[0.99, 0.2, 0.981, 0.3, 0.97],
+        threshold=0.98,
+    )
+    assert results["unknown_total"] == 5 and results["false_alarms"] == 2  # 0.99 and 0.981
+    assert results["false_alarm_rate"] == pytest.approx(0.4)
+    assert results["known_total"] == 4 and results["known_lost"] == 2  # 0.97 and 0.5
+    assert results["known_lost_rate"] == pytest.approx(0.5)
+    assert results["known_accepted_accuracy"] == pytest.approx(0.5)  # 0.99 right, 0.985 wrong
+    # known beats unknown in 4.5 + 2.5 + 2 + 4 of the 20 pairs (a tie counts one half)
+    assert results["auroc"] == pytest.approx(13 / 20)
+
+
+def test_open_set_results_without_unknown_images():
+    results = open_set_results([0.99, 0.5], [0, 1], [0, 1], [], 0.98)
+    assert results["unknown_total"] == 0 and results["false_alarms"] == 0
+    assert np.isnan(results["false_alarm_rate"]) and np.isnan(results["auroc"])
+    assert results["known_lost"] == 1

@@ -1,0 +1,276 @@
+"""Aggregation over trials against numpy and scipy, the paper-style cell format, and the files write_tables makes."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from cytodml.errors import InputError
+from cytodml.report.tables import aggregate, collect_trials, format_cell, paper_table, write_tables
+
+
+def long_metrics(values: dict[tuple[str, str, str, str], list[float]]) -> pd.DataFrame:
+    """Long metrics rows from {(loss, classifier, view, metric): one value per trial}, trials shuffled."""
+    rows = [
+        {"loss": loss, "trial": trial, "classifier": classifier, "view": view, "metric": metric, "value": value}
+        for (loss, classifier, view, metric), per_trial in values.items()
+        for trial, value in enumerate(per_trial)
+    ]
+    return pd.DataFrame(rows).sample(frac=1, random_state=0).reset_index(drop=True)
+
+
+SOFTMAX_3 = [0.80, 0.84, 0.79]
+TRIPLET_3 = [0.85, 0.86, 0.84]
+SOFTMAX_7 = [0.30, 0.33, 0.31, 0.35, 0.29, 0.32, 0.34]
+TRIPLET_7 = [0.36, 0.35, 0.38, 0.40, 0.33, 0.37, 0.36]
+
+
+@pytest.fixture
+def metrics():
+    return long_metrics(
+        {
+            ("softmax", "knn", "multiclass", "balanced_accuracy"): SOFTMAX_3,
+            ("triplet", "knn", "multiclass", "balanced_accuracy"): TRIPLET_3,
+            ("softmax", "softmax", "multiclass", "balanced_accuracy"): [0.81, 0.83, 0.80],
+            ("softmax", "embedding", "latent", "silhouette"): SOFTMAX_7,
+            ("triplet", "embedding", "latent", "silhouette"): TRIPLET_7,
+            ("triplet", "knn", "rare", "precision"): [0.5, np.nan, 0.7],  # 0 / 0 in trial 1
+        }
+    )
+
+
+def row(aggregated, loss, classifier, metric):
+    found = aggregated[
+        (aggregated["loss"] == loss) & (aggregated["classifier"] == classifier) & (aggregated["metric"] == metric)
+    ]
+    assert len(found) == 1
+    return found.iloc[0]
+
+
+def test_mean_std_n_against_numpy(metrics):
+    aggregated = aggregate(metrics)
+    assert list(aggregated.columns) == ["loss", "classifier", "view", "metric", "mean", "std", "n", "test", "p_value"]
+    for loss, values in (("softmax", SOFTMAX_3), ("triplet", TRIPLET_3)):
+        found = row(aggregated, loss, "knn", "balanced_accuracy")
+        assert found["mean"] == pytest.approx(np.mean(values))
+        assert found["std"] == pytest.approx(np.std(values, ddof=1))
+        assert found["n"] == 3
+    precision = row(aggregated, "triplet", "knn", "precision")
+    assert precision["n"] == 2 and precision["mean"] == pytest.approx(0.6)
+
+
+def test_paired_tests_against_scipy(metrics):
+    aggregated = aggregate(metrics)
+    few = row(aggregated, "triplet", "knn", "balanced_accuracy")
+    assert few["test"] == "paired_t"
+    assert few["p_value"] == pytest.approx(stats.ttest_rel(TRIPLET_3, SOFTMAX_3).pvalue)
+    many = row(aggregated, "triplet", "embedding", "silhouette")
+    assert many["test"] == "wilcoxon"
+    assert many["p_value"] == pytest.approx(stats.wilcoxon(TRIPLET_7, SOFTMAX_7).pvalue)
+    assert many["p_value"] < 0.05
+    # the baseline itself, and a metric the baseline lacks, are not tested
+    for loss, classifier, metric in (("softmax", "knn", "balanced_accuracy"), ("triplet", "knn", "precision")):
+        found = row(aggregated, loss, classifier, metric)
+        assert found["test"] == "" and np.isnan(found["p_value"])
+
+
+def test_identical_trials_give_p_one():
+    same = long_metrics(
+        {
+            ("softmax", "knn", "multiclass", "accuracy"): [0.9] * 3,
+            ("triplet", "knn", "multiclass", "accuracy"): [0.9] * 3,
+        }
+    )
+    assert row(aggregate(same), "triplet", "knn", "accuracy")["p_value"] == 1.0
+
+
+@pytest.mark.parametrize(
+    ("mean", "std", "metric", "p", "expected"),
+    [
+        (0.85, 0.006, "balanced_accuracy", np.nan, "85.0 +- 0.6"),
+        (0.37, 0.02, "silhouette", np.nan, "0.37 +- 0.02"),
+        (1.41, 0.08, "davies_bouldin", 0.2, "1.41 +- 0.08"),
+        (0.82, 0.011, "mcc", 0.01, "0.82 +- 0.01*"),
+        (0.9971, np.nan, "accuracy", np.nan, "99.7"),
+        (np.nan, np.nan, "accuracy", np.nan, ""),
+    ],
+)
+def test_cells_print_as_the_papers_do(mean, std, metric, p, expected):
+    assert format_cell(mean, std, metric, p) == expected
+
+
+def test_paper_table_rows_and_columns(metrics):
+    aggregated = aggregate(metrics)
+    table = paper_table(aggregated, "multiclass", ["balanced_accuracy"])
+    assert list(table.columns) == ["loss", "classifier", "balanced_accuracy"]
+    assert sorted(zip(table["loss"], table["classifier"])) == [
+        ("softmax", "knn"),
+        ("softmax", "softmax"),
+        ("triplet", "knn"),
+    ]
+    knn = paper_table(aggregated, "multiclass", ["balanced_accuracy", "mcc"], classifier="knn").set_index("loss")
+    assert list(knn.columns) == ["balanced_accuracy", "mcc"]
+    sd = np.std(TRIPLET_3, ddof=1) * 100
+    assert knn.loc["triplet", "balanced_accuracy"] == f"{np.mean(TRIPLET_3) * 100:.1f} +- {sd:.1f}"
+    assert knn.loc["triplet", "mcc"] == ""  # not reported: blank, not an error
+
+
+def test_write_tables(tmp_path, metrics):
+    aggregated = aggregate(metrics)
+    confusion = pd.DataFrame(
+        {
+            "loss": "triplet",
+            "trial": [0, 0, 1, 1],
+            "classifier": "knn",
+            "view": "multiclass",
+            "actual": ["a", "a", "a", "a"],
+            "predicted": ["a", "b", "a", "b"],
+            "count": [5, 1, 6, 0],
+        }
+    )
+    open_set = pd.DataFrame(
+        {
+            "loss": ["softmax", "triplet"] * 2,
+            "trial": [0, 0, 1, 1],
+            "classifier": "knn",
+            "threshold": 0.98,
+            "unknown_total": 10,
+            "false_alarms": [4, 1, 6, 0],
+            "known_total": 20,
+            "known_lost": [0, 2, 1, 3],
+        }
+    )
+    metrics = pd.concat(
+        [
+            metrics,
+            long_metrics(
+                {
+                    ("softmax", "knn", "open_set", "false_alarm_rate"): [0.4, 0.6],
+                    ("triplet", "knn", "open_set", "false_alarm_rate"): [0.1, 0.0],
+                }
+            ),
+        ]
+    )
+    write_tables(aggregate(metrics), confusion, None, open_set, tmp_path)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == sorted(
+        [
+            "aggregated.csv",
+            "confusion.csv",
+            *(f"{t}.{e}" for t in ("metrics", "latent", "rare", "open_set") for e in ("csv", "md", "tex")),
+        ]
+    )
+    wide = pd.read_csv(tmp_path / "metrics.csv")
+    assert list(wide.columns) == [
+        "loss",
+        "classifier",
+        "balanced_accuracy_mean",
+        "balanced_accuracy_std",
+        "balanced_accuracy_p_value",
+        "trials",
+    ]
+    assert wide.set_index(["loss", "classifier"]).loc[("triplet", "knn"), "balanced_accuracy_mean"] == pytest.approx(
+        np.mean(TRIPLET_3)
+    )
+    summed = pd.read_csv(tmp_path / "confusion.csv")
+    assert list(summed["count"]) == [11, 1] and "trial" not in summed.columns
+    pooled = pd.read_csv(tmp_path / "open_set.csv").set_index("loss")
+    assert pooled.loc["softmax", "false_alarms"] == 10 and pooled.loc["triplet", "known_lost"] == 5
+    assert pooled.loc["triplet", "pooled_false_alarm_rate"] == pytest.approx(1 / 20)
+    latent_md = (tmp_path / "latent.md").read_text()
+    assert f"{np.mean(TRIPLET_7):.2f} +- {np.std(TRIPLET_7, ddof=1):.2f}*" in latent_md  # significant: marked
+    assert "* p < 0.05 against the softmax loss" in latent_md
+    assert "1 / 20 (5.0%)" in (tmp_path / "open_set.md").read_text()
+    tex = (tmp_path / "latent.tex").read_text()
+    assert r"$\pm$" in tex and r"$^{*}$" in tex and r"\begin{tabular}" in tex
+
+
+def test_spiked_and_episodes_tables(tmp_path, metrics):
+    samples = []
+    for trial, detected in enumerate([[6, 5], [6, 6]]):
+        samples += [
+            {
+                "loss": "triplet",
+                "trial": trial,
+                "classifier": "gmm",
+                "sample": str(i + 1),
+                "kind": "spiked",
+                "spikes": 6,
+                "detected": d,
+                "false_positives": 0,
+                "sensitivity": d / 6,
+                "specificity": 1.0,
+                "alarm": "yes",
+                "recovery": d / 6,
+                "threshold": 0.98,
+            }
+            for i, d in enumerate(detected)
+        ]
+        samples.append(
+            {
+                "loss": "triplet",
+                "trial": trial,
+                "classifier": "gmm",
+                "sample": "3",
+                "kind": "blank",
+                "spikes": 0,
+                "detected": 0,
+                "false_positives": trial,
+                "sensitivity": np.nan,
+                "specificity": 1 - trial / 2000,
+                "alarm": "yes" if trial else "no",
+                "recovery": np.nan,
+                "threshold": 0.98,
+            }
+        )
+        samples.append({"loss": "triplet", "trial": trial, "classifier": "gmm", "sample": "mean", "kind": ""})
+    episodes = pd.DataFrame(
+        {
+            "loss": "contrastive",
+            "trial": [0, 0, 1, 1],
+            "class_name": ["basophil", "platelet"] * 2,
+            "accuracy": [0.96, 0.99, 0.98, 1.0],
+            "ci_low": 0.9,
+            "ci_high": 1.0,
+            "episodes": 200,
+        }
+    )
+    confusion = pd.DataFrame(columns=["loss", "trial", "classifier", "view", "actual", "predicted", "count"])
+    write_tables(aggregate(metrics), confusion, pd.DataFrame(samples), None, tmp_path, episodes=episodes)
+
+    spiked = pd.read_csv(tmp_path / "spiked.csv").iloc[0]
+    per_trial = [np.mean([1.0, 5 / 6]), 1.0]
+    assert spiked["sensitivity_mean"] == pytest.approx(np.mean(per_trial))
+    assert spiked["sensitivity_std"] == pytest.approx(np.std(per_trial, ddof=1))
+    assert (spiked["spiked_alarms"], spiked["spiked_samples"]) == (4, 4)
+    assert (spiked["blank_alarms"], spiked["blank_samples"], spiked["false_positives"]) == (1, 2, 1)
+    assert "1 / 2" in (tmp_path / "spiked.md").read_text()
+
+    per_class = pd.read_csv(tmp_path / "episodes.csv").set_index("class_name")
+    assert per_class.loc["basophil", "accuracy_mean"] == pytest.approx(0.97)
+    assert per_class.loc["platelet", "accuracy_std"] == pytest.approx(np.std([0.99, 1.0], ddof=1))
+    assert "97.0 +- 1.4" in (tmp_path / "episodes.md").read_text()
+    assert not (tmp_path / "episodes.tex").exists() and not (tmp_path / "open_set.csv").exists()
+
+
+def test_collect_trials_stacks_with_loss_and_trial(tmp_path):
+    for loss in ("softmax", "npair"):
+        for trial in (0, 1):
+            folder = tmp_path / loss / f"t{trial}"
+            folder.mkdir(parents=True)
+            pd.DataFrame(
+                {"classifier": ["knn"], "view": ["multiclass"], "metric": ["accuracy"], "value": [0.5 + trial]}
+            ).to_csv(folder / "metrics.csv", index=False)
+            for name in ("confusion", "open_set"):
+                pd.DataFrame({"classifier": ["knn"], "count": [trial]}).to_csv(folder / f"{name}.csv", index=False)
+            (folder / "spiked.csv").write_text("classifier\n")  # an experiment without targets
+            (folder / "episodes.csv").write_text("class_name,accuracy,ci_low,ci_high,episodes\n")
+    tables = collect_trials({(loss, t): tmp_path / loss / f"t{t}" for loss in ("softmax", "npair") for t in (0, 1)})
+    assert list(tables["metrics"].columns[:2]) == ["loss", "trial"]
+    assert len(tables["metrics"]) == 4 and set(tables["metrics"]["loss"]) == {"softmax", "npair"}
+    assert tables["spiked"] is None and tables["episodes"] is None
+    (tmp_path / "npair" / "t1" / "open_set.csv").unlink()
+    with pytest.raises(InputError, match=r"open_set.csv: missing; the evaluate stage of loss 'npair', trial 1"):
+        collect_trials({("npair", 1): tmp_path / "npair" / "t1"})
+    aggregated = aggregate(tables["metrics"], baseline="softmax")
+    assert row(aggregated, "npair", "knn", "accuracy")["mean"] == 1.0
