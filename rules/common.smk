@@ -90,3 +90,17 @@ def final_outputs():
     for experiment in config["run"]:
         outputs += data_outputs(experiment)
     return outputs
+
+
+def trial_evaluations(wildcards):
+    """Every evaluation of one experiment, by kind of result: a list over losses x trials."""
+    experiment = EXPERIMENTS[wildcards.experiment]
+    kinds = ("metrics", "confusion", "spiked", "open_set", "episodes")
+    return {
+        kind: [
+            f"results/{wildcards.experiment}/eval/{loss}/t{trial}/{kind}.csv"
+            for loss in experiment["losses"]
+            for trial in trials(wildcards.experiment)
+        ]
+        for kind in kinds
+    }

@@ -1,0 +1,62 @@
+# Training of one embedding network per experiment x loss x trial, and the embedding of every patch.
+
+
+rule train:
+    input:
+        unpack(patches_of),
+        split="results/{experiment}/splits/t{trial}.parquet",
+        augmented="results/{experiment}/augmented/t{trial}.npy",
+        augmented_table="results/{experiment}/augmented/t{trial}.parquet",
+    output:
+        model="results/{experiment}/models/{loss}/t{trial}.pt",
+        history=report(
+            "results/{experiment}/models/{loss}/t{trial}.history.csv",
+            caption="../report/history.rst",
+            category="{experiment}",
+            subcategory="training",
+            labels={"loss": "{loss}", "trial": "{trial}", "table": "history"},
+        ),
+    params:
+        experiment=experiment_of,
+        loss=lambda wildcards: LOSSES[wildcards.loss],
+        dataset_channels=lambda wildcards: DATASETS[dataset_of(wildcards)]["channels"],
+        dataset=dataset_of,
+        seed=config["seed"],
+        # outside the declared outputs: Snakemake deletes those of a failed job, a resumed job needs its checkpoint
+        checkpoints=lambda wildcards: f"results/{wildcards.experiment}/checkpoints/{wildcards.loss}/t{wildcards.trial}",
+    threads: 2
+    log:
+        "logs/{experiment}/train/{loss}/t{trial}.log",
+    benchmark:
+        "results/benchmarks/{experiment}/train/{loss}/t{trial}.tsv"
+    conda:
+        "../envs/train.yaml"
+    resources:
+        mem_mb=8000,
+        runtime=240,
+    script:
+        "../scripts/train.py"
+
+
+rule embed:
+    input:
+        unpack(patches_of),
+        split="results/{experiment}/splits/t{trial}.parquet",
+        model="results/{experiment}/models/{loss}/t{trial}.pt",
+    output:
+        "results/{experiment}/embeddings/{loss}/t{trial}.parquet",
+    params:
+        dataset_channels=lambda wildcards: DATASETS[dataset_of(wildcards)]["channels"],
+        experiment=experiment_of,
+    threads: 2
+    log:
+        "logs/{experiment}/embed/{loss}/t{trial}.log",
+    benchmark:
+        "results/benchmarks/{experiment}/embed/{loss}/t{trial}.tsv"
+    conda:
+        "../envs/train.yaml"
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    script:
+        "../scripts/embed.py"

@@ -1,0 +1,21 @@
+"""Embed every patch of one trial's split (train, val, test, unknown, pool) with a trained network."""
+
+import numpy as np
+import pandas as pd
+import torch
+
+from cytodml.config import channel_indices
+from cytodml.io import write_parquet
+from cytodml.learn.embed import embedding_table
+from cytodml.learn.trainer import load_model
+from cytodml.runlog import logged
+
+with logged(snakemake.log[0]) as log:
+    torch.set_num_threads(snakemake.threads)
+    model = load_model(snakemake.input.model)
+    channels = channel_indices(snakemake.params.dataset_channels, snakemake.params.experiment.get("channels"))
+    table = embedding_table(
+        model, np.load(snakemake.input.npy, mmap_mode="r"), pd.read_parquet(snakemake.input.split), channels
+    )
+    log.info("embedded %d patches: %s", len(table), table["subset"].value_counts().to_dict())
+    write_parquet(table, snakemake.output[0])

@@ -1,0 +1,44 @@
+"""Train one embedding network (experiment x loss x trial); checkpoints each epoch, resumes after a kill."""
+
+import numpy as np
+import pandas as pd
+import torch
+
+from cytodml.config import channel_indices
+from cytodml.data.splits import trial_seed
+from cytodml.io import atomic_path, write_csv
+from cytodml.learn.inputs import training_data
+from cytodml.learn.trainer import train
+from cytodml.runlog import logged
+
+with logged(snakemake.log[0]) as log:
+    experiment = snakemake.params.experiment
+    channels = channel_indices(snakemake.params.dataset_channels, experiment.get("channels"))
+    train_images, train_labels, val_images, val_labels, class_names = training_data(
+        np.load(snakemake.input.npy, mmap_mode="r"),
+        pd.read_parquet(snakemake.input.table),
+        pd.read_parquet(snakemake.input.split),
+        np.load(snakemake.input.augmented),
+        pd.read_parquet(snakemake.input.augmented_table),
+        channels,
+    )
+    log.info("training %s on %d images of %d classes, validating on %d", snakemake.wildcards.loss,
+             len(train_images), len(class_names), len(val_images))
+    torch.set_num_threads(snakemake.threads)
+    bundle, history = train(
+        train_images,
+        train_labels,
+        val_images,
+        val_labels,
+        network=experiment["network"],
+        loss_spec=snakemake.params.loss,
+        train_spec=experiment.get("train", {}),
+        class_names=class_names,
+        channel_names=[snakemake.params.dataset_channels[index] for index in channels],
+        seed=trial_seed(snakemake.params.seed, snakemake.params.dataset, int(snakemake.wildcards.trial)),
+        checkpoint_dir=snakemake.params.checkpoints,
+        log=log.info,
+    )
+    with atomic_path(snakemake.output.model) as tmp:
+        torch.save(bundle, tmp)
+    write_csv(history, snakemake.output.history)
