@@ -15,6 +15,8 @@ report: "report/workflow.rst"
 
 include: "rules/common.smk"
 include: "rules/data.smk"
+include: "rules/train.smk"
+include: "rules/evaluate.smk"
 
 
 rule all:

@@ -88,7 +88,7 @@ def data_outputs(experiment):
 def final_outputs():
     outputs = []
     for experiment in config["run"]:
-        outputs += data_outputs(experiment)
+        outputs += data_outputs(experiment) + [f"results/{experiment}/tables"]
     return outputs
 
 

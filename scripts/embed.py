@@ -6,8 +6,7 @@ import torch
 
 from cytodml.config import channel_indices
 from cytodml.io import write_parquet
-from cytodml.learn.embed import embedding_table
-from cytodml.learn.trainer import load_model
+from cytodml.learn.embed import embedding_table, load_model
 from cytodml.runlog import logged
 
 with logged(snakemake.log[0]) as log:

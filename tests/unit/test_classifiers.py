@@ -302,3 +302,10 @@ def test_calibration_on_validation_keeps_held_out_known_images(name):
     assert classifier.spread_ == pytest.approx(9.0, rel=0.2)
     assert lost_before > 0.3 and lost_after < 0.05
     assert classifier.confidence(centres + 200.0).max() < 1e-6  # far objects stay unknown
+
+
+@pytest.mark.parametrize("name", ["gmm", "svm"])
+def test_pipeline_seeds_of_63_bits_are_accepted(name):
+    X, y = blobs(12.0, per_class=20)
+    classifier = build_classifier(name, {}, seed=6968855048007451022).fit(X, y)
+    assert classifier.predict(X).shape == y.shape

@@ -43,6 +43,11 @@ def check_labelled(X, y, what: str = "X") -> tuple[np.ndarray, np.ndarray]:
     return X, y
 
 
+def sklearn_seed(seed: int) -> int:
+    """Our seeds are 63-bit (:func:`cytodml.data.splits.trial_seed`); scikit-learn takes 32 bits."""
+    return int(seed) % 2**32
+
+
 def _param_error(name: str, value, expected: str) -> InputError:
     return InputError(f"{name} = {value!r}: expected {expected}")
 
@@ -327,7 +332,7 @@ class GMMClassifier(_TypicalityMixin, _EmbeddingClassifier):
                 n_components=self.components,
                 covariance_type=self.covariance,
                 reg_covar=self.reg_covar,
-                random_state=self.seed,
+                random_state=sklearn_seed(self.seed),
             ).fit(X[y == label])
             for label in self.classes_
         ]
@@ -417,7 +422,7 @@ class SVMClassifier(_EmbeddingClassifier):
                 f"class {classes[np.argmin(counts)].item()!r} has 1 training example; the SVM's probability "
                 "calibration needs at least 2 per class"
             )
-        folds = StratifiedKFold(n_splits=min(5, int(counts.min())), shuffle=True, random_state=self.seed)
+        folds = StratifiedKFold(n_splits=min(5, int(counts.min())), shuffle=True, random_state=sklearn_seed(self.seed))
         svc = SVC(kernel="rbf", **self.hyper_parameters())
         self.model_ = CalibratedClassifierCV(svc, method="sigmoid", cv=folds, ensemble=False).fit(X, y)
         self.classes_ = self.model_.classes_

@@ -12,12 +12,11 @@ Tuples are formed within the batch ("online"). Random choices (contrastive pairs
 ``loss.generator`` when set, else from torch's global generator, which the trainer seeds.
 """
 
+import importlib
 import inspect
 from collections.abc import Mapping
 from types import MappingProxyType
 
-import pytorch_metric_learning.losses as pml_losses
-import pytorch_metric_learning.miners as pml_miners
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -330,8 +329,10 @@ class PMLLoss(MetricLoss):
         super().__init__()
         self.normalize_embeddings = _check_bool("normalize", normalize)
         sizes = {"num_classes": num_classes, "embedding_size": embedding_dim}
-        self.loss = _build_pml("loss", pml_losses, loss, loss_kwargs, sizes)
-        self.miner = None if miner is None else _build_pml("miner", pml_miners, miner, miner_kwargs, {})
+        # imported here: pytorch-metric-learning takes seconds to import, and only this loss type needs it
+        self.loss = _build_pml("loss", importlib.import_module("pytorch_metric_learning.losses"), loss, loss_kwargs, sizes)
+        miners = importlib.import_module("pytorch_metric_learning.miners") if miner is not None else None
+        self.miner = None if miner is None else _build_pml("miner", miners, miner, miner_kwargs, {})
 
     def compute_loss(self, embeddings, labels):
         indices_tuple = None if self.miner is None else self.miner(embeddings, labels)
