@@ -24,7 +24,8 @@ rule train:
         seed=config["seed"],
         # outside the declared outputs: Snakemake deletes those of a failed job, a resumed job needs its checkpoint
         checkpoints=lambda wildcards: f"results/{wildcards.experiment}/checkpoints/{wildcards.loss}/t{wildcards.trial}",
-    threads: 2
+    # on CPU two small trainings side by side beat one on two threads; profiles/ raise it for GPU nodes
+    threads: 1
     log:
         "logs/{experiment}/train/{loss}/t{trial}.log",
     benchmark:
@@ -48,7 +49,7 @@ rule embed:
     params:
         dataset_channels=lambda wildcards: DATASETS[dataset_of(wildcards)]["channels"],
         experiment=experiment_of,
-    threads: 2
+    threads: 1
     log:
         "logs/{experiment}/embed/{loss}/t{trial}.log",
     benchmark:
