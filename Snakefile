@@ -17,9 +17,10 @@ include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/train.smk"
 include: "rules/evaluate.smk"
+include: "rules/predict.smk"
 
 
 rule all:
+    default_target: True
     input:
         final_outputs(),
-    default_target: True

@@ -26,7 +26,9 @@ except InputError as error:
 
 DATASETS = config["datasets"]
 LOSSES = config["losses"]
-EXPERIMENTS = {name: experiment_settings(spec) for name, spec in config["experiments"].items()}
+EXPERIMENTS = {
+    name: experiment_settings(spec) for name, spec in config["experiments"].items()
+}
 
 
 def _alternatives(names):
@@ -81,7 +83,8 @@ def patches_of(wildcards):
 def data_outputs(experiment):
     dataset = EXPERIMENTS[experiment]["dataset"]
     return [f"results/{dataset}/qc/montage.png", f"results/{dataset}/qc/counts.csv"] + [
-        f"results/{experiment}/augmented/t{trial}.parquet" for trial in trials(experiment)
+        f"results/{experiment}/augmented/t{trial}.parquet"
+        for trial in trials(experiment)
     ]
 
 
@@ -104,3 +107,54 @@ def trial_evaluations(wildcards):
         ]
         for kind in kinds
     }
+
+
+# ---- predict: a trained model applied to new samples (rules/predict.smk) -------------------------------------------
+
+PREDICT = config.get("predict", {})
+PREDICT_SAMPLES = PREDICT.get("samples", {})
+
+if PREDICT:  # cytodml.predict loads torch: only where the config asks for predictions
+    from cytodml.predict import check_predict_config, dump_source
+
+    try:
+        check_predict_config(config, list_classes=list_classes)
+    except InputError as error:
+        raise WorkflowError(f"config: {error}") from None
+
+
+def predict_experiment():
+    return EXPERIMENTS[PREDICT["model"]["experiment"]]
+
+
+def predict_dataset():
+    return DATASETS[predict_experiment()["dataset"]]
+
+
+def predict_inputs(wildcards):
+    """The trained model, its evaluated classifiers and metrics (the threshold), the sample's dump and the gallery."""
+    model = PREDICT["model"]
+    trial = f"{model['experiment']}/eval/{model['loss']}/t{model.get('trial', 0)}"
+    inputs = {
+        "model": f"results/{model['experiment']}/models/{model['loss']}/t{model.get('trial', 0)}.pt",
+        "classifiers": f"results/{trial}/classifiers.joblib",
+        "metrics": f"results/{trial}/metrics.csv",
+        "dump": PREDICT_SAMPLES[wildcards.sample]["path"],
+    }
+    if PREDICT.get("gallery"):
+        inputs["gallery"] = PREDICT["gallery"]["path"]
+    return inputs
+
+
+def predict_source(wildcards):
+    """The sample's source block, its layout completed from the model's data set."""
+    return dump_source(predict_dataset()["source"], PREDICT_SAMPLES[wildcards.sample])
+
+
+def predict_gallery(wildcards):
+    gallery = PREDICT.get("gallery")
+    return dump_source(predict_dataset()["source"], gallery) if gallery else None
+
+
+def predict_targets(wildcards):
+    return PREDICT.get("targets", predict_experiment()["targets"])

@@ -4,9 +4,6 @@
 rule synthesize:
     output:
         directory("resources/{dataset}"),
-    params:
-        source=lambda wildcards: DATASETS[wildcards.dataset]["source"],
-        seed=config["seed"],
     log:
         "logs/{dataset}/synthesize.log",
     benchmark:
@@ -16,6 +13,9 @@ rule synthesize:
     resources:
         mem_mb=2000,
         runtime=30,
+    params:
+        source=lambda wildcards: DATASETS[wildcards.dataset]["source"],
+        seed=config["seed"],
     script:
         "../scripts/synthesize.py"
 
@@ -25,9 +25,6 @@ rule ingest:
         raw_dump,
     output:
         "results/{dataset}/raw.parquet",
-    params:
-        source=source_of,
-        channels=lambda wildcards: DATASETS[wildcards.dataset]["channels"],
     log:
         "logs/{dataset}/ingest.log",
     benchmark:
@@ -37,6 +34,9 @@ rule ingest:
     resources:
         mem_mb=2000,
         runtime=30,
+    params:
+        source=source_of,
+        channels=lambda wildcards: DATASETS[wildcards.dataset]["channels"],
     script:
         "../scripts/ingest.py"
 
@@ -59,20 +59,20 @@ rule patch:
             category="{dataset}",
             subcategory="quality control",
         ),
-    params:
-        patch=lambda wildcards: DATASETS[wildcards.dataset]["patch"],
-        source=source_of,
-        seed=config["seed"],
-    threads: config.get("workers", 2)
     log:
         "logs/{dataset}/patch.log",
     benchmark:
         "results/benchmarks/{dataset}/patch.tsv"
     conda:
         "../envs/data.yaml"
+    threads: config.get("workers", 2)
     resources:
         mem_mb=4000,
         runtime=60,
+    params:
+        patch=lambda wildcards: DATASETS[wildcards.dataset]["patch"],
+        source=source_of,
+        seed=config["seed"],
     script:
         "../scripts/patch.py"
 
@@ -82,10 +82,6 @@ rule split:
         unpack(patches_of),
     output:
         "results/{experiment}/splits/t{trial}.parquet",
-    params:
-        experiment=experiment_of,
-        dataset=dataset_of,
-        seed=config["seed"],
     log:
         "logs/{experiment}/split/t{trial}.log",
     benchmark:
@@ -95,6 +91,10 @@ rule split:
     resources:
         mem_mb=2000,
         runtime=10,
+    params:
+        experiment=experiment_of,
+        dataset=dataset_of,
+        seed=config["seed"],
     script:
         "../scripts/split.py"
 
@@ -106,12 +106,6 @@ rule augment:
     output:
         npy="results/{experiment}/augmented/t{trial}.npy",
         table="results/{experiment}/augmented/t{trial}.parquet",
-    params:
-        augment=lambda wildcards: experiment_of(wildcards)["augment"],
-        channels=lambda wildcards: experiment_of(wildcards).get("channels"),
-        dataset_channels=lambda wildcards: DATASETS[dataset_of(wildcards)]["channels"],
-        dataset=dataset_of,
-        seed=config["seed"],
     log:
         "logs/{experiment}/augment/t{trial}.log",
     benchmark:
@@ -121,5 +115,11 @@ rule augment:
     resources:
         mem_mb=4000,
         runtime=30,
+    params:
+        augment=lambda wildcards: experiment_of(wildcards)["augment"],
+        channels=lambda wildcards: experiment_of(wildcards).get("channels"),
+        dataset_channels=lambda wildcards: DATASETS[dataset_of(wildcards)]["channels"],
+        dataset=dataset_of,
+        seed=config["seed"],
     script:
         "../scripts/augment.py"

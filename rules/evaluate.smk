@@ -13,10 +13,6 @@ rule evaluate:
         open_set="results/{experiment}/eval/{loss}/t{trial}/open_set.csv",
         episodes="results/{experiment}/eval/{loss}/t{trial}/episodes.csv",
         classifiers="results/{experiment}/eval/{loss}/t{trial}/classifiers.joblib",
-    params:
-        experiment=experiment_of,
-        dataset=dataset_of,
-        seed=config["seed"],
     log:
         "logs/{experiment}/evaluate/{loss}/t{trial}.log",
     benchmark:
@@ -26,6 +22,10 @@ rule evaluate:
     resources:
         mem_mb=4000,
         runtime=30,
+    params:
+        experiment=experiment_of,
+        dataset=dataset_of,
+        seed=config["seed"],
     script:
         "../scripts/evaluate.py"
 
@@ -41,8 +41,6 @@ rule aggregate:
             subcategory="tables",
             patterns=["{name}.md"],
         ),
-    params:
-        experiment=experiment_of,
     log:
         "logs/{experiment}/aggregate.log",
     benchmark:
@@ -52,5 +50,7 @@ rule aggregate:
     resources:
         mem_mb=2000,
         runtime=10,
+    params:
+        experiment=experiment_of,
     script:
         "../scripts/aggregate.py"

@@ -16,6 +16,17 @@ rule train:
             subcategory="training",
             labels={"loss": "{loss}", "trial": "{trial}", "table": "history"},
         ),
+    log:
+        "logs/{experiment}/train/{loss}/t{trial}.log",
+    benchmark:
+        "results/benchmarks/{experiment}/train/{loss}/t{trial}.tsv"
+    conda:
+        "../envs/train.yaml"
+    # on CPU two small trainings side by side beat one on two threads; profiles/ raise it for GPU nodes
+    threads: 1
+    resources:
+        mem_mb=8000,
+        runtime=240,
     params:
         experiment=experiment_of,
         loss=lambda wildcards: LOSSES[wildcards.loss],
@@ -24,17 +35,6 @@ rule train:
         seed=config["seed"],
         # outside the declared outputs: Snakemake deletes those of a failed job, a resumed job needs its checkpoint
         checkpoints=lambda wildcards: f"results/{wildcards.experiment}/checkpoints/{wildcards.loss}/t{wildcards.trial}",
-    # on CPU two small trainings side by side beat one on two threads; profiles/ raise it for GPU nodes
-    threads: 1
-    log:
-        "logs/{experiment}/train/{loss}/t{trial}.log",
-    benchmark:
-        "results/benchmarks/{experiment}/train/{loss}/t{trial}.tsv"
-    conda:
-        "../envs/train.yaml"
-    resources:
-        mem_mb=8000,
-        runtime=240,
     script:
         "../scripts/train.py"
 
@@ -46,18 +46,18 @@ rule embed:
         model="results/{experiment}/models/{loss}/t{trial}.pt",
     output:
         "results/{experiment}/embeddings/{loss}/t{trial}.parquet",
-    params:
-        dataset_channels=lambda wildcards: DATASETS[dataset_of(wildcards)]["channels"],
-        experiment=experiment_of,
-    threads: 1
     log:
         "logs/{experiment}/embed/{loss}/t{trial}.log",
     benchmark:
         "results/benchmarks/{experiment}/embed/{loss}/t{trial}.tsv"
     conda:
         "../envs/train.yaml"
+    threads: 1
     resources:
         mem_mb=4000,
         runtime=30,
+    params:
+        dataset_channels=lambda wildcards: DATASETS[dataset_of(wildcards)]["channels"],
+        experiment=experiment_of,
     script:
         "../scripts/embed.py"

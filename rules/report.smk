@@ -1,0 +1,299 @@
+# Figures of each experiment, in results/{experiment}/figures/: a PNG for the report and a PDF beside it for papers.
+# Figures of one trial (latent spaces, block features, thumbnails, similarity maps) draw trial FIGURE_TRIAL; the
+# others pool or average over every trial.
+
+from cytodml.config import channel_indices
+
+FIGURE_TRIAL = 0
+FIGURE_POINTS = (
+    1500  # t-SNE and scatter plots: at most this many images, rare classes kept whole
+)
+BLOCK_POINTS = 800  # one t-SNE per loss x block: fewer images keep the grid within a minute on one core
+EXPERIMENT_FIGURES = ["latent", "blocks", "metrics", "training", "confidence"]
+LOSS_FIGURES = ["images", "confusion", "confusion_at_threshold", "similarity"]
+
+
+def figure_outputs(experiment):
+    """The PNG of every figure of one experiment (each job writes the PDF beside it), for rule all."""
+    settings = EXPERIMENTS[experiment]
+    names = EXPERIMENT_FIGURES + (
+        ["roc"] if settings["targets"] or settings["open_set"] else []
+    )
+    return [f"results/{experiment}/figures/{name}.png" for name in names] + [
+        f"results/{experiment}/figures/{loss}/{name}.png"
+        for loss in settings["losses"]
+        for name in LOSS_FIGURES
+    ]
+
+
+def figure_losses(wildcards):
+    """The experiment's losses, softmax baselines first, so that they sit beside the metric losses they are
+    compared with."""
+    losses = EXPERIMENTS[wildcards.experiment]["losses"]
+    return sorted(losses, key=lambda loss: LOSSES[loss]["type"] != "softmax")
+
+
+def per_loss(pattern):
+    """Input function: ``pattern`` for each loss of the experiment (in figure_losses order) at FIGURE_TRIAL."""
+    return lambda wildcards: [
+        pattern.format(experiment=wildcards.experiment, loss=loss, trial=FIGURE_TRIAL)
+        for loss in figure_losses(wildcards)
+    ]
+
+
+def loss_trials(wildcards):
+    """(loss, trial) of every training run of the experiment, in the order of per_loss_and_trial's files."""
+    return [
+        (loss, trial)
+        for loss in figure_losses(wildcards)
+        for trial in trials(wildcards.experiment)
+    ]
+
+
+def per_loss_and_trial(pattern):
+    return lambda wildcards: [
+        pattern.format(experiment=wildcards.experiment, loss=loss, trial=trial)
+        for loss, trial in loss_trials(wildcards)
+    ]
+
+
+def figure_channels(wildcards):
+    return channel_indices(
+        DATASETS[dataset_of(wildcards)]["channels"],
+        experiment_of(wildcards).get("channels"),
+    )
+
+
+def figure(name, title, subcategory, loss="all", labels=None):
+    """The PNG and PDF outputs of one figure; the PNG goes into the report, captioned by report/fig_{name}.rst and
+    labelled with its title and loss (or ``labels``)."""
+    where = "results/{experiment}/figures/" + ("{loss}/" if loss == "{loss}" else "")
+    return {
+        "png": report(
+            f"{where}{name}.png",
+            caption=f"../report/fig_{name}.rst",
+            category="{experiment}",
+            subcategory=subcategory,
+            labels=labels or {"figure": title, "loss": loss},
+        ),
+        "pdf": f"{where}{name}.pdf",
+    }
+
+
+rule figure_latent:
+    input:
+        embeddings=per_loss("results/{experiment}/embeddings/{loss}/t{trial}.parquet"),
+    output:
+        **figure("latent", "latent space", "latent space"),
+    log:
+        "logs/{experiment}/figures/latent.log",
+    benchmark:
+        "results/benchmarks/{experiment}/figures/latent.tsv"
+    conda:
+        "../envs/report.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    params:
+        losses=figure_losses,
+        points=FIGURE_POINTS,
+        seed=config["seed"],
+    script:
+        "../scripts/figure_latent.py"
+
+
+rule figure_blocks:
+    input:
+        unpack(patches_of),
+        split=f"results/{{experiment}}/splits/t{FIGURE_TRIAL}.parquet",
+        models=per_loss("results/{experiment}/models/{loss}/t{trial}.pt"),
+    output:
+        **figure("blocks", "t-SNE of block features", "latent space"),
+    log:
+        "logs/{experiment}/figures/blocks.log",
+    benchmark:
+        "results/benchmarks/{experiment}/figures/blocks.tsv"
+    conda:
+        "../envs/report.yaml"
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        losses=figure_losses,
+        channels=figure_channels,
+        points=BLOCK_POINTS,
+        seed=config["seed"],
+    script:
+        "../scripts/figure_blocks.py"
+
+
+rule figure_images:
+    input:
+        unpack(patches_of),
+        embeddings=f"results/{{experiment}}/embeddings/{{loss}}/t{FIGURE_TRIAL}.parquet",
+    output:
+        **figure("images", "image t-SNE", "latent space", loss="{loss}"),
+    log:
+        "logs/{experiment}/figures/{loss}/images.log",
+    benchmark:
+        "results/benchmarks/{experiment}/figures/{loss}/images.tsv"
+    conda:
+        "../envs/report.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    params:
+        channels=figure_channels,
+        points=FIGURE_POINTS,
+        trial=FIGURE_TRIAL,
+        seed=config["seed"],
+    script:
+        "../scripts/figure_images.py"
+
+
+rule figure_confusion:
+    input:
+        tables="results/{experiment}/tables",
+    output:
+        multiclass=list(
+            figure(
+                "confusion", "confusion matrices", "evaluation", loss="{loss}"
+            ).values()
+        ),
+        at_threshold=list(
+            figure(
+                "confusion_at_threshold",
+                "confusion matrices at the threshold",
+                "evaluation",
+                loss="{loss}",
+            ).values()
+        ),
+    log:
+        "logs/{experiment}/figures/{loss}/confusion.log",
+    benchmark:
+        "results/benchmarks/{experiment}/figures/{loss}/confusion.tsv"
+    conda:
+        "../envs/report.yaml"
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    script:
+        "../scripts/figure_confusion.py"
+
+
+rule figure_metrics:
+    input:
+        tables="results/{experiment}/tables",
+    output:
+        **figure("metrics", "MCC, balanced accuracy, silhouette", "evaluation"),
+    log:
+        "logs/{experiment}/figures/metrics.log",
+    benchmark:
+        "results/benchmarks/{experiment}/figures/metrics.tsv"
+    conda:
+        "../envs/report.yaml"
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    script:
+        "../scripts/figure_metrics.py"
+
+
+rule figure_training:
+    input:
+        histories=per_loss_and_trial(
+            "results/{experiment}/models/{loss}/t{trial}.history.csv"
+        ),
+    output:
+        # beside the train rule's history tables, with their labels
+        **figure(
+            "training",
+            "",
+            "training",
+            labels={"loss": "all", "trial": "all", "table": "training curves"},
+        ),
+    log:
+        "logs/{experiment}/figures/training.log",
+    benchmark:
+        "results/benchmarks/{experiment}/figures/training.tsv"
+    conda:
+        "../envs/report.yaml"
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        runs=loss_trials,
+    script:
+        "../scripts/figure_training.py"
+
+
+rule figure_confidence:
+    input:
+        tables="results/{experiment}/tables",
+        predictions=per_loss_and_trial(
+            "results/{experiment}/eval/{loss}/t{trial}/predictions.parquet"
+        ),
+    output:
+        **figure("confidence", "confidence of known and unseen classes", "detection"),
+    log:
+        "logs/{experiment}/figures/confidence.log",
+    benchmark:
+        "results/benchmarks/{experiment}/figures/confidence.tsv"
+    conda:
+        "../envs/report.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        runs=loss_trials,
+    script:
+        "../scripts/figure_confidence.py"
+
+
+rule figure_roc:
+    input:
+        tables="results/{experiment}/tables",
+        predictions=per_loss_and_trial(
+            "results/{experiment}/eval/{loss}/t{trial}/predictions.parquet"
+        ),
+        patches=lambda wildcards: patches_of(wildcards)["table"],
+    output:
+        **figure("roc", "ROC curves", "detection"),
+    log:
+        "logs/{experiment}/figures/roc.log",
+    benchmark:
+        "results/benchmarks/{experiment}/figures/roc.tsv"
+    conda:
+        "../envs/report.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        runs=loss_trials,
+        targets=lambda wildcards: experiment_of(wildcards)["targets"],
+    script:
+        "../scripts/figure_roc.py"
+
+
+rule figure_similarity:
+    input:
+        unpack(patches_of),
+        model=f"results/{{experiment}}/models/{{loss}}/t{FIGURE_TRIAL}.pt",
+        embeddings=f"results/{{experiment}}/embeddings/{{loss}}/t{FIGURE_TRIAL}.parquet",
+    output:
+        **figure("similarity", "similarity maps", "similarity maps", loss="{loss}"),
+    log:
+        "logs/{experiment}/figures/{loss}/similarity.log",
+    benchmark:
+        "results/benchmarks/{experiment}/figures/{loss}/similarity.tsv"
+    conda:
+        "../envs/report.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    params:
+        channels=figure_channels,
+        trial=FIGURE_TRIAL,
+        seed=config["seed"],
+    script:
+        "../scripts/figure_similarity.py"

@@ -1,0 +1,42 @@
+"""Detect targets in one new sample: patch it as the model's data set, embed, classify, count, decide the alarm."""
+
+from pathlib import Path
+
+import torch
+
+from cytodml.predict import add_gallery, load_detector, predict_sample, read_threshold, write_prediction
+from cytodml.runlog import logged
+
+with logged(snakemake.log[0]) as log:
+    torch.set_num_threads(snakemake.threads)
+    params = snakemake.params
+    detector = load_detector(snakemake.input.model, snakemake.input.classifiers, params.classifier)
+    if params.gallery:
+        detector = add_gallery(
+            detector, params.gallery, channels=params.channels, patch=params.patch, workers=snakemake.threads
+        )
+        log.info("classes with the gallery: %s", ", ".join(detector.class_names))
+    threshold = params.threshold
+    if threshold is None:
+        threshold = read_threshold(snakemake.input.metrics, params.classifier)
+    result = predict_sample(
+        params.source,
+        detector,
+        channels=params.channels,
+        patch=params.patch,
+        threshold=threshold,
+        targets=params.targets,
+        alarm=params.alarm,
+        name=snakemake.wildcards.sample,
+        workers=snakemake.threads,
+    )
+    write_prediction(result, Path(snakemake.output.summary).parent)
+    summary = result["summary"]
+    log.info(
+        "%d objects, %d target(s) called at confidence >= %g, alarm: %s; counts %s",
+        summary["objects"],
+        summary["target_count"],
+        threshold,
+        "yes" if summary["alarm"] else "no",
+        summary["counts"],
+    )

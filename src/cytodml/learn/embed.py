@@ -1,0 +1,179 @@
+"""Applying a trained network: the model bundle, its per-channel normalisation, and embeddings of any images.
+
+A model bundle is the plain dict :func:`cytodml.learn.trainer.train` returns and the train stage saves with
+``torch.save``; it loads with ``torch.load(weights_only=True)`` (tensors, dicts, lists, strings, numbers only)::
+
+    {"format": "cytodml-model", "version": 1, "network": {...}, "loss": {...}, "in_channels": C, "image_size": S,
+     "embedding_dim": D, "class_names": [...], "channel_names": [...], "normalization": {"mean": [...], "std": [...]},
+     "state_dict": {...}, "loss_state_dict": {...}, "best_epoch": int, "seed": int, "dtype": "uint8" | "uint16"}
+"""
+
+import contextlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from cytodml.errors import InputError
+from cytodml.learn.losses import build_loss
+from cytodml.learn.models import EmbeddingNet, build_model
+
+MODEL_FORMAT = "cytodml-model"
+MODEL_VERSION = 1
+IMAGE_DTYPES = ("uint8", "uint16")
+
+
+def choose_device() -> torch.device:
+    """The first CUDA device where there is one, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def autocast(device: torch.device):
+    """bfloat16 mixed precision on a GPU that has it (no loss scaling needed); full precision elsewhere."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+class BatchLoader:
+    """Normalised float batches from an N x C x S x S uint8 / uint16 array, one array operation per batch.
+
+    A batch is one fancy index of the array and one conversion, ``x = (float(image) - mean_c) / std_c`` with each
+    channel's mean and standard deviation over the training images, in the source value range. On a GPU the whole
+    array lives on the device (uint16 widened to int32, which every indexing kernel takes). Batches come out
+    channels-last, the layout cuDNN's tensor cores want and oneDNN's CPU convolutions run fastest in (1.1-1.5x per
+    training step, benchmarks/README.md); the network's weights are converted to match.
+    """
+
+    def __init__(self, images: np.ndarray, normalization: dict, device: torch.device):
+        self.device = device
+        if device.type == "cuda":
+            widened = images.astype(np.int32) if images.dtype == np.uint16 else np.ascontiguousarray(images)
+            self.images = torch.from_numpy(widened).to(device)
+        else:
+            self.images = images
+        shape = (1, -1, 1, 1)
+        self.mean = torch.tensor(normalization["mean"], dtype=torch.float32, device=device).view(shape)
+        self.scale = 1 / torch.tensor(normalization["std"], dtype=torch.float32, device=device).view(shape)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __call__(self, index) -> torch.Tensor:
+        if isinstance(self.images, torch.Tensor):
+            batch = self.images[torch.as_tensor(index, device=self.device)]
+        else:
+            batch = torch.from_numpy(np.ascontiguousarray(self.images[index]))
+        batch = batch.to(self.device, torch.float32).sub_(self.mean).mul_(self.scale)
+        return batch.contiguous(memory_format=torch.channels_last)
+
+
+@torch.inference_mode()
+def run_model(model: EmbeddingNet, loader: BatchLoader, batch_size: int, head: nn.Module | None = None, blocks=False):
+    """The network in eval mode over every image of ``loader``, in order, ``batch_size`` at a time.
+
+    Returns float32 tensors on the loader's device: ``embedding`` N x D; ``logits`` N x K where ``head`` (a softmax
+    loss) is given; ``blocks`` (name -> N x F pooled block features) where asked.
+    """
+    model.eval()
+    parts = {"embedding": [], "logits": [], "blocks": []}
+    with autocast(loader.device):
+        for start in range(0, len(loader), batch_size):
+            images = loader(np.arange(start, min(start + batch_size, len(loader))))
+            if blocks:
+                embedding, features = model.forward_features(images)
+                parts["blocks"].append({name: f.float() for name, f in features.items()})
+            else:
+                embedding = model(images)
+            parts["embedding"].append(embedding.float())
+            if head is not None:
+                parts["logits"].append(head.logits(parts["embedding"][-1]).float())
+    return {
+        "embedding": torch.cat(parts["embedding"]),
+        "logits": torch.cat(parts["logits"]) if head is not None else None,
+        "blocks": {name: torch.cat([p[name] for p in parts["blocks"]]) for name in parts["blocks"][0]}
+        if blocks
+        else None,
+    }
+
+
+def load_model(path_or_bundle) -> tuple[EmbeddingNet, nn.Module, dict]:
+    """(network, loss, bundle) from a bundle written by the train stage, or the bundle dict itself, in eval mode on
+    the CPU. Anything else raises ``InputError`` saying it is not a cytodml model."""
+    where = "the given bundle"
+    bundle = path_or_bundle
+    if isinstance(path_or_bundle, (str, Path)):
+        where = str(path_or_bundle)
+        try:
+            bundle = torch.load(path_or_bundle, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise InputError(f"{where}: no such model file") from None
+        except Exception as err:  # torch raises pickle, zip and runtime errors alike for a foreign file
+            raise InputError(f"{where}: not a cytodml model ({type(err).__name__}: {err})") from None
+    if not isinstance(bundle, dict) or bundle.get("format") != MODEL_FORMAT:
+        raise InputError(f"{where}: not a cytodml model (no 'format': '{MODEL_FORMAT}' entry)")
+    if bundle.get("version") != MODEL_VERSION:
+        raise InputError(f"{where}: cytodml model format version {bundle.get('version')}, this cytodml reads 1")
+    loss = build_loss(bundle["loss"], len(bundle["class_names"]), bundle["embedding_dim"])
+    model = build_model(bundle["network"], bundle["in_channels"], bundle["image_size"], loss.normalize_embeddings)
+    model.load_state_dict(bundle["state_dict"])
+    loss.load_state_dict(bundle["loss_state_dict"])
+    return model.eval(), loss.eval(), bundle
+
+
+def check_images(images: np.ndarray, bundle: dict, what: str = "images") -> None:
+    """``images`` must be N x C x S x S in the dtype, channel count and size the model was trained on."""
+    expected = (bundle["in_channels"], bundle["image_size"], bundle["image_size"])
+    if images.ndim != 4 or tuple(images.shape[1:]) != expected:
+        raise InputError(f"{what}: shape {images.shape}, but the model takes N x {' x '.join(map(str, expected))}")
+    if str(images.dtype) != bundle["dtype"]:
+        raise InputError(
+            f"{what}: dtype {images.dtype}, but the model was trained on {bundle['dtype']} images (its normalisation "
+            f"is in that value range)"
+        )
+
+
+def embed(bundle_or_model, images: np.ndarray, batch_size: int = 256, blocks: bool = False) -> dict:
+    """Embeddings of ``images`` (N x C x S x S, the training dtype) by a trained model, in eval mode.
+
+    ``bundle_or_model`` is a model file, a bundle dict, or the ``(network, loss, bundle)`` triple of
+    :func:`load_model`. Returns ``embedding`` (N x D float32), ``probabilities`` (N x K softmax of the head's logits,
+    for a softmax loss only, else None) and ``blocks`` (name -> N x F pooled block features where ``blocks``, else
+    None), as numpy arrays.
+    """
+    model, loss, bundle = bundle_or_model if isinstance(bundle_or_model, tuple) else load_model(bundle_or_model)
+    check_images(images, bundle)
+    device = choose_device()
+    model.to(device)
+    loss.to(device)
+    loader = BatchLoader(images, bundle["normalization"], device)
+    model.to(memory_format=torch.channels_last)
+    head = loss if hasattr(loss, "logits") else None
+    out = run_model(model, loader, batch_size, head=head, blocks=blocks)
+    return {
+        "embedding": out["embedding"].cpu().numpy(),
+        "probabilities": None if head is None else out["logits"].softmax(dim=1).cpu().numpy(),
+        "blocks": None if not blocks else {name: f.cpu().numpy() for name, f in out["blocks"].items()},
+    }
+
+
+def embedding_table(model, patches: np.ndarray, split: pd.DataFrame, channels: list[int], chunk: int = 4096):
+    """The embed stage's table: one row per patch of the split, in patch order.
+
+    Columns ``index``, ``subset``, ``class_name``, ``label`` (the data set's label) from the split, ``embedding``
+    (a list of D floats) and, for a softmax model, ``probability`` (K floats, in the model's ``class_names`` order).
+    ``model`` is the triple of :func:`load_model`; ``patches`` the data set's N x C x S x S array (a memory map is
+    read ``chunk`` patches at a time); ``channels`` the experiment's channel positions.
+    """
+    rows = split.sort_values("index", kind="stable").reset_index(drop=True)
+    parts = []
+    for start in range(0, len(rows), chunk):
+        index = rows["index"].to_numpy()[start : start + chunk]
+        parts.append(embed(model, np.ascontiguousarray(patches[index][:, channels])))
+    table = rows[["index", "subset", "class_name", "label"]].copy()
+    table["embedding"] = list(np.concatenate([part["embedding"] for part in parts]))
+    if parts and parts[0]["probabilities"] is not None:
+        table["probability"] = list(np.concatenate([part["probabilities"] for part in parts]))
+    return table

@@ -1,0 +1,410 @@
+"""Training of one embedding network with one loss, resumable and deterministic.
+
+Adam (beta 0.9, 0.999) with an exponential learning-rate decay per epoch and early stopping on a validation metric,
+the weights of the best epoch kept (Luo et al., RSC Adv 2021: at most 300 epochs). Batches come from
+:class:`~cytodml.learn.samplers.ClassBalancedBatchSampler`: with ``samples_per_class`` images of every class when the
+loss needs positives in each batch, plain shuffled otherwise; either way the order is a function of (seed, epoch).
+
+Every epoch ends with a checkpoint (model, loss head, optimiser, scheduler, random state, best weights, history,
+early-stopping counter) written atomically to ``checkpoint_dir``; a run started again with the same configuration and
+data resumes from it and, on the CPU, ends with the weights an uninterrupted run gives.
+
+Validation per epoch: ``val_loss``, the loss on validation batches drawn like the training ones (with a fixed
+order), and ``val_precision_at_1``, the fraction of validation images whose nearest other validation image (Euclidean,
+in the embedding) is of their class. ``train.monitor`` picks the one early stopping follows (default ``val_loss``).
+"""
+
+import copy
+import hashlib
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from cytodml.errors import InputError
+from cytodml.io import atomic_path
+from cytodml.learn.embed import (
+    IMAGE_DTYPES,
+    MODEL_FORMAT,
+    MODEL_VERSION,
+    BatchLoader,
+    autocast,
+    choose_device,
+    load_model,
+    run_model,
+)
+from cytodml.learn.losses import build_loss
+from cytodml.learn.models import build_model, embedding_dim_of
+from cytodml.learn.samplers import ClassBalancedBatchSampler
+
+__all__ = ["TRAIN_DEFAULTS", "TrainingDiverged", "train", "load_model", "channel_statistics", "precision_at_1"]
+
+TRAIN_DEFAULTS = {
+    "epochs": 300,
+    "batch_size": 64,
+    "lr": 0.001,
+    "lr_decay": 0.98,
+    "weight_decay": 0.0,
+    "patience": 20,
+    "samples_per_class": None,
+    "monitor": "val_loss",
+}
+"""The ``train:`` block's keys and defaults (``samples_per_class`` None: max(2, what the loss needs))."""
+
+MONITORS = {"val_loss": min, "val_precision_at_1": max}
+BETAS = (0.9, 0.999)
+CHECKPOINT_NAME = "checkpoint.pt"
+CHECKPOINT_FORMAT = "cytodml-checkpoint"
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the message names the epoch and batch and the checkpoint that was kept."""
+
+
+def train(
+    train_images: np.ndarray,
+    train_labels,
+    val_images: np.ndarray,
+    val_labels,
+    *,
+    network: dict,
+    loss_spec: dict,
+    train_spec: dict,
+    class_names: list[str],
+    channel_names: list[str],
+    seed: int,
+    checkpoint_dir,
+    log=print,
+) -> tuple[dict, pd.DataFrame]:
+    """Train ``network`` with the loss ``loss_spec`` on N x C x S x S uint8 / uint16 images.
+
+    Labels are positions in ``class_names``. ``checkpoint_dir`` (None: no checkpoints) holds the per-epoch
+    checkpoint; one written by the same configuration and data is resumed. Returns the model bundle (see
+    :mod:`cytodml.learn.embed`) holding the best epoch's weights, and the per-epoch history: ``epoch``,
+    ``train_loss``, ``val_loss``, ``val_precision_at_1``, ``lr``, ``seconds``, ``images_per_s``.
+    """
+    spec = check_train_spec(train_spec)
+    train_labels = check_data(train_images, train_labels, "train", len(class_names))
+    val_labels = check_data(val_images, val_labels, "val", len(class_names))
+    if train_images.shape[1:] != val_images.shape[1:] or train_images.dtype != val_images.dtype:
+        raise InputError(
+            f"val images are {val_images.dtype} {val_images.shape[1:]}, train images {train_images.dtype} "
+            f"{train_images.shape[1:]}: both subsets must come from the same patches and channels"
+        )
+    in_channels, image_size = train_images.shape[1], train_images.shape[2]
+    if spec["monitor"] == "val_precision_at_1" and len(val_images) < 2:
+        raise InputError("train.monitor: val_precision_at_1 needs at least 2 validation images")
+    if len(channel_names) != in_channels:
+        raise InputError(f"channel_names: {len(channel_names)} names for {in_channels} image channels")
+
+    device = choose_device()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(device.type == "cpu")
+    try:
+        torch.manual_seed(seed)
+        embedding_dim = embedding_dim_of(network)
+        loss = build_loss(loss_spec, len(class_names), embedding_dim).to(device)
+        model = build_model(network, in_channels, image_size, loss.normalize_embeddings).to(device)
+        samples_per_class = resolve_samples_per_class(spec, loss)
+        normalization = channel_statistics(train_images)
+        run = Run(
+            model=model,
+            loss=loss,
+            spec=spec,
+            train_loader=BatchLoader(train_images, normalization, device),
+            val_loader=BatchLoader(val_images, normalization, device),
+            train_labels=torch.as_tensor(train_labels, device=device),
+            val_labels=torch.as_tensor(val_labels, device=device),
+            sampler=ClassBalancedBatchSampler(train_labels, spec["batch_size"], samples_per_class, seed),
+            val_batches=list(ClassBalancedBatchSampler(val_labels, spec["batch_size"], samples_per_class, seed)),
+            checkpoint=None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT_NAME,
+            config_hash=config_hash(
+                network, loss_spec, spec, class_names, channel_names, seed,
+                (train_images, train_labels, val_images, val_labels),
+            ),
+            log=log,
+        )
+        run.fit()
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+    bundle = {
+        "format": MODEL_FORMAT,
+        "version": MODEL_VERSION,
+        "network": copy.deepcopy(dict(network)),
+        "loss": copy.deepcopy(dict(loss_spec)),
+        "in_channels": int(in_channels),
+        "image_size": int(image_size),
+        "embedding_dim": int(embedding_dim),
+        "class_names": list(class_names),
+        "channel_names": list(channel_names),
+        "normalization": normalization,
+        "state_dict": run.best["model"],
+        "loss_state_dict": run.best["loss"],
+        "best_epoch": run.best["epoch"],
+        "seed": int(seed),
+        "dtype": str(train_images.dtype),
+    }
+    return bundle, pd.DataFrame(run.history)
+
+
+def check_train_spec(train_spec: dict) -> dict:
+    """The ``train:`` block with defaults filled in; an unknown key or bad value raises InputError naming it."""
+    unknown = sorted(set(train_spec) - set(TRAIN_DEFAULTS))
+    if unknown:
+        raise InputError(f"train.{unknown[0]}: unknown key; the train block takes {', '.join(TRAIN_DEFAULTS)}")
+    spec = {**TRAIN_DEFAULTS, **train_spec}
+    for key in ("epochs", "batch_size", "patience"):
+        if isinstance(spec[key], bool) or not isinstance(spec[key], int) or spec[key] < 1:
+            raise InputError(f"train.{key}: expected a positive integer, got {spec[key]!r}")
+    for key, low, high in (("lr", 0, math.inf), ("lr_decay", 0, 1), ("weight_decay", 0, math.inf)):
+        value = spec[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+            raise InputError(f"train.{key}: expected a number in [{low}, {high}], got {value!r}")
+    if spec["lr"] == 0 or spec["lr_decay"] == 0:
+        raise InputError("train.lr and train.lr_decay must be above 0")
+    if spec["monitor"] not in MONITORS:
+        raise InputError(f"train.monitor: expected one of {', '.join(MONITORS)}, got {spec['monitor']!r}")
+    return spec
+
+
+def check_data(images: np.ndarray, labels, subset: str, num_classes: int) -> np.ndarray:
+    """Images N x C x S x S of a supported dtype, and one label per image in [0, num_classes)."""
+    if not isinstance(images, np.ndarray) or images.ndim != 4 or images.shape[2] != images.shape[3]:
+        raise InputError(f"{subset} images: expected an N x C x S x S array, got {getattr(images, 'shape', images)}")
+    if str(images.dtype) not in IMAGE_DTYPES:
+        raise InputError(f"{subset} images: dtype {images.dtype}; expected one of {', '.join(IMAGE_DTYPES)}")
+    if len(images) == 0:
+        raise InputError(f"{subset} images: none; training needs a {subset} subset (experiment fractions.{subset})")
+    labels = np.asarray(labels)
+    if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer):
+        raise InputError(f"{subset} labels: expected {len(images)} integers, got {labels.dtype} {labels.shape}")
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise InputError(f"{subset} labels: values outside [0, {num_classes}) (positions in class_names)")
+    return labels.astype(np.int64)
+
+
+def resolve_samples_per_class(spec: dict, loss) -> int:
+    """Images per class in every batch: 0 (plain shuffled) for a loss that needs none, else ``train.samples_per_class``
+    or, unset, max(2, the loss's minimum)."""
+    needed = loss.samples_per_class_min
+    if needed == 0:
+        return 0
+    chosen = spec["samples_per_class"] if spec["samples_per_class"] is not None else max(2, needed)
+    if isinstance(chosen, bool) or not isinstance(chosen, int) or chosen < needed:
+        raise InputError(f"train.samples_per_class: {chosen!r}, but the loss needs at least {needed} per class")
+    return chosen
+
+
+def channel_statistics(images: np.ndarray, chunk: int = 1024) -> dict[str, list[float]]:
+    """Per-channel mean and standard deviation over every pixel of ``images``, in the source value range.
+
+    Two passes in float64 (the mean, then the squared deviations), so uint16 data lose no precision; a constant
+    channel gets std 1, leaving it centred but unscaled.
+    """
+    pixels = len(images) * images.shape[2] * images.shape[3]
+    total = np.zeros(images.shape[1])
+    for start in range(0, len(images), chunk):
+        total += images[start : start + chunk].sum(axis=(0, 2, 3), dtype=np.float64)
+    mean = total / pixels
+    squares = np.zeros(images.shape[1])
+    for start in range(0, len(images), chunk):
+        deviation = images[start : start + chunk].astype(np.float64) - mean[None, :, None, None]
+        squares += np.square(deviation).sum(axis=(0, 2, 3))
+    std = np.sqrt(squares / pixels)
+    return {"mean": mean.tolist(), "std": np.where(std > 0, std, 1.0).tolist()}
+
+
+def precision_at_1(embeddings: torch.Tensor, labels: torch.Tensor, chunk: int = 2048) -> float:
+    """Fraction of images whose nearest other image (Euclidean distance) is of the same class; NaN below 2 images."""
+    if len(embeddings) < 2:
+        return math.nan
+    hits = 0
+    for start in range(0, len(embeddings), chunk):
+        distances = torch.cdist(embeddings[start : start + chunk], embeddings)
+        rows = torch.arange(len(distances), device=distances.device)
+        distances[rows, rows + start] = math.inf
+        hits += int((labels[distances.argmin(dim=1)] == labels[start : start + chunk]).sum())
+    return hits / len(embeddings)
+
+
+def config_hash(network, loss_spec, spec, class_names, channel_names, seed, arrays) -> str:
+    """A digest of everything a training run depends on, so a checkpoint is resumed only by the run that wrote it."""
+    digest = hashlib.sha256(
+        json.dumps([network, loss_spec, spec, class_names, channel_names, seed], sort_keys=True).encode()
+    )
+    for array in arrays:
+        digest.update(f"{array.dtype}{array.shape}".encode())
+        digest.update(memoryview(np.ascontiguousarray(array)).cast("B"))
+    return digest.hexdigest()
+
+
+def cpu_copy(state_dict: dict) -> dict:
+    return {key: value.detach().to("cpu", copy=True) for key, value in state_dict.items()}
+
+
+class Run:
+    """The state of one training run and the epoch loop over it; :meth:`fit` resumes from a checkpoint it finds."""
+
+    def __init__(self, *, model, loss, spec, train_loader, val_loader, train_labels, val_labels, sampler,
+                 val_batches, checkpoint, config_hash, log):  # fmt: skip
+        self.model, self.loss, self.spec = model, loss, spec
+        self.train_loader, self.val_loader = train_loader, val_loader
+        self.train_labels, self.val_labels = train_labels, val_labels
+        self.sampler, self.val_batches = sampler, val_batches
+        self.checkpoint, self.config_hash, self.log = checkpoint, config_hash, log
+        self.device = train_loader.device
+        # a transient per-batch bar where a person watches; the per-epoch log line either way
+        self.progress_bar = sys.stderr.isatty()
+        model.to(memory_format=torch.channels_last)
+        self.optimizer = torch.optim.Adam(
+            [*model.parameters(), *loss.parameters()], lr=spec["lr"], betas=BETAS, weight_decay=spec["weight_decay"]
+        )
+        self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma=spec["lr_decay"])
+        self.epoch = 0
+        self.bad_epochs = 0
+        self.best = {"epoch": 0, "value": None, "model": cpu_copy(model.state_dict()), "loss": cpu_copy(loss.state_dict())}
+        self.history = {
+            column: []
+            for column in ("epoch", "train_loss", "val_loss", "val_precision_at_1", "lr", "seconds", "images_per_s")
+        }
+
+    # ------------------------------------------------------------------------------------------------------ the loop
+    def fit(self) -> None:
+        self.resume()
+        while self.epoch < self.spec["epochs"] and self.bad_epochs < self.spec["patience"]:
+            self.run_epoch()
+            self.save()
+        stopped = "early stop" if self.bad_epochs >= self.spec["patience"] else "last epoch"
+        self.log(f"{stopped} after epoch {self.epoch}; keeping epoch {self.best['epoch']}")
+
+    def run_epoch(self) -> None:
+        started = time.perf_counter()
+        lr = self.optimizer.param_groups[0]["lr"]
+        train_loss, images = self.train_one_epoch()
+        train_seconds = time.perf_counter() - started
+        val_loss, val_p1 = self.validate()
+        self.scheduler.step()
+        self.epoch += 1
+        row = {
+            "epoch": self.epoch,
+            "train_loss": train_loss,
+            "val_loss": val_loss,
+            "val_precision_at_1": val_p1,
+            "lr": lr,
+            "seconds": time.perf_counter() - started,
+            "images_per_s": images / train_seconds,
+        }
+        for column, value in row.items():
+            self.history[column].append(value)
+        improved = self.track_best(row[self.spec["monitor"]])
+        self.log(
+            f"epoch {self.epoch}/{self.spec['epochs']}: train_loss {train_loss:.4g}, val_loss {val_loss:.4g}, "
+            f"val_precision_at_1 {val_p1:.3f}, lr {lr:.3g}, {row['seconds']:.1f} s, "
+            f"{row['images_per_s']:.0f} images/s{' (best)' if improved else ''}"
+        )
+
+    def train_one_epoch(self) -> tuple[float, int]:
+        self.model.train()
+        self.loss.train()
+        self.sampler.set_epoch(self.epoch)
+        total, images = 0.0, 0
+        batches = self.sampler
+        if self.progress_bar:
+            batches = tqdm(batches, desc=f"epoch {self.epoch + 1}/{self.spec['epochs']}", leave=False)
+        for number, index in enumerate(batches, start=1):
+            with autocast(self.device):
+                embeddings = self.model(self.train_loader(index))
+            value = self.loss(embeddings.float(), self.train_labels[index])
+            scalar = value.item()
+            if not math.isfinite(scalar):
+                kept = f"the checkpoint of epoch {self.epoch} is kept" if self.checkpoint and self.epoch else "no checkpoint yet"
+                raise TrainingDiverged(
+                    f"training diverged: loss {scalar} at epoch {self.epoch + 1}, batch {number} ({kept}); "
+                    f"try a lower train.lr"
+                )
+            self.optimizer.zero_grad(set_to_none=True)
+            value.backward()
+            self.optimizer.step()
+            total += scalar * len(index)
+            images += len(index)
+        return total / images, images
+
+    def validate(self) -> tuple[float, float]:
+        """Validation loss (mean over the fixed validation batches) and precision at 1, in eval mode."""
+        embeddings = run_model(self.model, self.val_loader, self.spec["batch_size"])["embedding"]
+        self.loss.eval()
+        with torch.inference_mode():
+            losses = [float(self.loss(embeddings[b], self.val_labels[b])) for b in self.val_batches]
+        return float(np.mean(losses)), precision_at_1(embeddings, self.val_labels)
+
+    def track_best(self, value: float) -> bool:
+        better = MONITORS[self.spec["monitor"]]
+        if not math.isfinite(value):
+            raise TrainingDiverged(
+                f"training diverged: {self.spec['monitor']} is {value} after epoch {self.epoch}; try a lower train.lr"
+            )
+        if self.best["value"] is not None and better(value, self.best["value"]) == self.best["value"]:
+            self.bad_epochs += 1
+            return False
+        self.best = {
+            "epoch": self.epoch,
+            "value": value,
+            "model": cpu_copy(self.model.state_dict()),
+            "loss": cpu_copy(self.loss.state_dict()),
+        }
+        self.bad_epochs = 0
+        return True
+
+    # ------------------------------------------------------------------------------------------------ checkpoints
+    def state(self) -> dict:
+        """Everything an interrupted run needs to go on exactly where this epoch ended (weights_only-loadable)."""
+        rng = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "config_hash": self.config_hash,
+            "epoch": self.epoch,
+            "bad_epochs": self.bad_epochs,
+            "model": self.model.state_dict(),
+            "loss": self.loss.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": rng,
+            "best": self.best,
+            "history": self.history,
+        }
+
+    def save(self) -> None:
+        if self.checkpoint is None:
+            return
+        with atomic_path(self.checkpoint) as tmp:
+            torch.save(self.state(), tmp)
+
+    def resume(self) -> None:
+        if self.checkpoint is None or not self.checkpoint.exists():
+            return
+        try:
+            state = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
+        except Exception as err:  # an unreadable checkpoint only costs the epochs it held
+            self.log(f"ignoring unreadable checkpoint {self.checkpoint} ({type(err).__name__}: {err}); starting afresh")
+            return
+        if state.get("format") != CHECKPOINT_FORMAT or state.get("config_hash") != self.config_hash:
+            self.log(f"checkpoint {self.checkpoint} is of another configuration or data; starting afresh")
+            return
+        self.model.load_state_dict(state["model"])
+        self.loss.load_state_dict(state["loss"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if "cuda" in state["rng"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        self.epoch, self.bad_epochs = state["epoch"], state["bad_epochs"]
+        self.best, self.history = state["best"], state["history"]
+        self.log(f"resumed from {self.checkpoint} after epoch {self.epoch}")

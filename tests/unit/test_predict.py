@@ -1,0 +1,450 @@
+"""Detection in new samples: counts against the evaluation, alarms, the gallery, refusals, the command line.
+
+One small network is trained once for the module (softmax loss, 32 px patches, 96 training images augmented to 400,
+4 epochs: about 15 s on two idle cores) on a rendered data set with pollen held out as an open-set class, and evaluated
+as the workflow does; new samples are rendered with other seeds, so that no object of a sample was seen in training.
+"""
+
+import math
+import re
+import subprocess
+import sys
+
+import joblib
+import numpy as np
+import pandas as pd
+import pytest
+import tifffile
+import torch
+import yaml
+from PIL import Image
+
+from cytodml.cli import main
+from cytodml.data.augment import augment
+from cytodml.data.patching import make_patches
+from cytodml.data.sources import ingest, list_classes
+from cytodml.data.splits import make_split
+from cytodml.data.synthetic import render_dump
+from cytodml.errors import InputError
+from cytodml.evaluate.classifiers import CentroidClassifier, SVMClassifier
+from cytodml.evaluate.run import evaluate_trial, write_trial
+from cytodml.learn.embed import embedding_table, load_model
+from cytodml.learn.inputs import class_labels, known_classes, subset_images
+from cytodml.learn.trainer import train
+from cytodml.predict import (
+    add_gallery,
+    check_predict_config,
+    dump_source,
+    load_detector,
+    predict_sample,
+    read_threshold,
+    save_detector,
+    summarize,
+    write_prediction,
+)
+
+TARGETS = ["cryptosporidium", "giardia"]
+CHANNELS = ["brightfield"]
+PATCH = {"mode": "object", "size": 32, "downscale": True}
+# Sizes apart and no noise or blur: what a network trained for seconds can learn, so the numbers test the plumbing.
+DIFFICULTY = {"noise": 0.0, "blur": 0.0, "size_overlap": 0.0}
+SOURCE = {
+    "kind": "synthetic",
+    "classes": {"cryptosporidium": 40, "giardia": 40, "bead": 60, "debris": 100, "pollen": 30},
+    "difficulty": DIFFICULTY,
+}
+EXPERIMENT = {
+    "dataset": "tiny-ifc",
+    "protocol": "full",
+    "fractions": {"train": 0.4, "val": 0.15, "test": 0.45},
+    "trials": 1,
+    "augment": {"count": 400},
+    "network": {"name": "small", "embedding_dim": 4},
+    "train": {"epochs": 4, "batch_size": 32, "lr": 0.01, "patience": 4},
+    "losses": ["softmax"],
+    "classifiers": {"centroid": {}, "gmm": {"components": 1, "covariance": "full"}, "knn": {"k": 3}},
+    "threshold": 0.98,
+    "targets": TARGETS,
+    "open_set": ["pollen"],
+    "spiked": {"samples": 2, "blanks": 2, "background": 40, "spikes": [2, 4]},
+}
+SEED = 5
+
+
+def render(path, classes: dict, seed: int):
+    render_dump(path, {"kind": "synthetic", "classes": classes, "difficulty": DIFFICULTY}, seed=seed)
+    return {"kind": "synthetic", "path": str(path)}
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """A trained model, its evaluated classifiers and metrics in the workflow's layout, and the study config."""
+    root = tmp_path_factory.mktemp("study")
+    render_dump(root / "dump", SOURCE, seed=SEED)
+    raw = ingest({"kind": "synthetic", "path": str(root / "dump")}, CHANNELS)
+    patches_table, _ = make_patches(raw, PATCH, root / "patches.npy")
+    patches = np.load(root / "patches.npy")
+    split, _ = make_split(patches_table, EXPERIMENT, 0, SEED, "tiny-ifc")
+    names = known_classes(split)
+    train_rows = split[split["subset"] == "train"].sort_values("index")
+    val_rows = split[split["subset"] == "val"].sort_values("index")
+    images, ops = augment(
+        subset_images(patches, split, "train", [0]),
+        class_labels(train_rows["class_name"], names),
+        train_rows["index"].to_numpy(),
+        EXPERIMENT["augment"],
+        SEED,
+    )
+    torch.set_num_threads(2)
+    bundle, _ = train(
+        images,
+        ops["label"].to_numpy(),
+        subset_images(patches, split, "val", [0]),
+        class_labels(val_rows["class_name"], names),
+        network=EXPERIMENT["network"],
+        loss_spec={"type": "softmax"},
+        train_spec=EXPERIMENT["train"],
+        class_names=names,
+        channel_names=CHANNELS,
+        seed=SEED,
+        checkpoint_dir=None,
+        log=lambda *_: None,
+    )
+    model_path = root / "results/tiny/models/softmax/t0.pt"
+    model_path.parent.mkdir(parents=True)
+    torch.save(bundle, model_path)
+    embeddings = embedding_table(load_model(bundle), patches, split, [0])
+    results = evaluate_trial(embeddings, EXPERIMENT, known_classes(embeddings), "softmax", SEED)
+    eval_dir = root / "results/tiny/eval/softmax/t0"
+    write_trial(results, eval_dir)
+    config = {
+        "seed": SEED,
+        "datasets": {"tiny-ifc": {"source": SOURCE, "channels": CHANNELS, "patch": PATCH}},
+        "losses": {"softmax": {"type": "softmax"}},
+        "experiments": {"tiny": EXPERIMENT},
+        "run": ["tiny"],
+    }
+    (root / "config.yaml").write_text(yaml.safe_dump(config))
+    return {
+        "root": root,
+        "model": model_path,
+        "classifiers": eval_dir / "classifiers.joblib",
+        "metrics": results["metrics"],
+        "metrics_path": eval_dir / "metrics.csv",
+        "config": root / "config.yaml",
+    }
+
+
+@pytest.fixture(scope="module")
+def gmm(study):
+    return load_detector(study["model"], study["classifiers"], "gmm")
+
+
+def run(detector, source, threshold, **options):
+    options = {"channels": CHANNELS, "patch": PATCH, "targets": TARGETS, **options}
+    return predict_sample(source, detector, threshold=threshold, **options)
+
+
+def truth(objects: pd.DataFrame) -> pd.Series:
+    """The class of each object of a rendered sample: its folder, the first part of the object id."""
+    return objects["object_id"].str.split("/").str[0]
+
+
+def rare_rate(metrics: pd.DataFrame, classifier: str, hits: str, misses: str) -> tuple[float, int]:
+    """A rate of the evaluation's rare view, Laplace-smoothed ((k + 1) / (n + 2)), and the count n it rests on."""
+    values = metrics[(metrics["classifier"] == classifier) & (metrics["view"] == "rare")].set_index("metric")["value"]
+    k, n = int(values[hits]), int(values[hits] + values[misses])
+    return (k + 1) / (n + 2), n
+
+
+# ---------------------------------------------------------------------------------------------------------- counts
+
+
+def test_spiked_sample_count_is_within_what_the_evaluation_predicted(study, gmm, tmp_path):
+    """Spikes of 8 oocysts and 6 cysts in 160 background objects: the number called target must lie within three
+    standard deviations of sensitivity x spikes + false-alarm rate x background, the rates from the evaluation's test
+    set. The variance adds the sample's binomial draws and the uncertainty of the two rates (binomial over the test
+    images they were measured on, Laplace-smoothed so that 0 of n still carries its spread)."""
+    spikes, background = {"cryptosporidium": 8, "giardia": 6}, {"bead": 60, "debris": 100}
+    threshold = read_threshold(study["metrics_path"], "gmm")
+    result = run(gmm, render(tmp_path / "spiked", spikes | background, seed=101), threshold)
+    objects, summary = result["objects"], result["summary"]
+
+    sensitivity, n_targets = rare_rate(study["metrics"], "gmm", "tp", "fn")
+    false_alarm, n_background = rare_rate(study["metrics"], "gmm", "fp", "tn")
+    t, b = sum(spikes.values()), sum(background.values())
+    expected = t * sensitivity + b * false_alarm
+    variance = (
+        t * sensitivity * (1 - sensitivity)
+        + b * false_alarm * (1 - false_alarm)
+        + t**2 * sensitivity * (1 - sensitivity) / n_targets
+        + b**2 * false_alarm * (1 - false_alarm) / n_background
+    )
+    assert abs(summary["target_count"] - expected) <= 3 * math.sqrt(variance), (summary, expected, variance)
+    # the objects behind the count: every called target is a target class called at the threshold
+    called = objects[objects["is_target"]]
+    assert summary["target_count"] == len(called) == sum(summary["target_counts"].values())
+    assert called["predicted"].isin(TARGETS).all() and (called["confidence"] >= threshold).all()
+    assert summary["alarm"] and summary["objects"] == len(objects) == t + b
+    assert sum(summary["counts"].values()) == len(objects)
+
+
+def test_objects_table_calls_unknown_below_the_threshold(study, gmm, tmp_path):
+    result = run(gmm, render(tmp_path / "s", {"bead": 20, "debris": 20, "giardia": 5}, seed=102), 0.98)
+    objects = result["objects"]
+    names = gmm.class_names
+    assert list(objects.columns[:5]) == ["object_id", "predicted", "best_match", "confidence", "is_target"]
+    assert [f"distance_{name}" for name in names] == [c for c in objects.columns if c.startswith("distance_")]
+    assert {"qc_empty", "qc_border", "qc_multiple", "qc_downscaled"} <= set(objects.columns)
+    low = objects["confidence"] < 0.98
+    assert (objects.loc[low, "predicted"] == "unknown").all()
+    assert (objects.loc[~low, "predicted"] == objects.loc[~low, "best_match"]).all()
+    # the distances are to the classes' mean training embeddings: the centroid classifier's centres, and the means
+    # of the one-component GMM; the centroid classifier's best match is the nearest of them
+    centroid = load_detector(study["model"], study["classifiers"], "centroid")
+    np.testing.assert_allclose(gmm.centres.to_numpy(), centroid.centres.to_numpy(), rtol=1e-6, atol=1e-6)
+    objects = run(centroid, {"kind": "synthetic", "path": str(tmp_path / "s")}, 0.98)["objects"]
+    distances = objects[[f"distance_{name}" for name in names]].to_numpy()
+    assert (np.array(names)[np.argmin(distances, axis=1)] == objects["best_match"]).all()
+
+
+def test_blank_sample_raises_no_alarm(gmm, study, tmp_path):
+    """A blank of 100 microplastic beads, the background the evaluation saw no false alarm from."""
+    threshold = read_threshold(study["metrics_path"], "gmm")
+    result = run(gmm, render(tmp_path / "blank", {"bead": 100}, seed=103), threshold)
+    summary = result["summary"]
+    assert summary["target_count"] == 0 and not summary["alarm"]
+    write_prediction(result, tmp_path / "out")
+    text = (tmp_path / "out" / "summary.md").read_text()
+    assert "no alarm" in text and "![called targets, to confirm](targets.png)" in text
+    assert (tmp_path / "out" / "targets.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("min_targets, alarm", [(1, True), (3, True), (4, False)])
+def test_alarm_rule_counts_called_targets(min_targets, alarm):
+    objects = pd.DataFrame(
+        {
+            "predicted": ["giardia", "giardia", "cryptosporidium", "bead", "unknown"],
+            "is_target": [True, True, True, False, False],
+            "qc_border": [False, True, False, False, False],
+        }
+    )
+    summary = summarize(
+        objects,
+        ["bead", "cryptosporidium", "giardia"],
+        TARGETS,
+        0.98,
+        {"min_targets": min_targets},
+        sample="s",
+        classifier="gmm",
+        origin="m",
+    )
+    assert summary["alarm"] is alarm
+    assert summary["counts"] == {"bead": 1, "cryptosporidium": 1, "giardia": 2, "unknown": 1}
+    assert summary["target_counts"] == {"cryptosporidium": 1, "giardia": 2} and summary["qc"] == {"qc_border": 1}
+    with pytest.raises(InputError, match="alarm.min_targets"):
+        summarize(objects, ["bead"], TARGETS, 0.98, {"min_targets": 0}, sample="s", classifier="gmm", origin="m")
+
+
+# ---------------------------------------------------------------------------------------------------------- gallery
+
+
+def test_gallery_recognises_a_class_it_was_not_trained_on(study, tmp_path):
+    """Five pollen grains (held out of training) join the centroid classifier; unseen pollen grains are then matched
+    to pollen far above chance (1 in the 5 classes), and few objects of the known classes are taken for pollen."""
+    centroid = load_detector(study["model"], study["classifiers"], "centroid")
+    gallery = render(tmp_path / "gallery", {"pollen": 5}, seed=104)
+    extended = add_gallery(centroid, gallery, channels=CHANNELS, patch=PATCH)
+    assert extended.class_names == [*centroid.class_names, "pollen"] and "pollen" not in centroid.class_names
+    assert len(centroid.classifier.classes_) == len(centroid.names) == 4  # the detector given is left as it was
+
+    held_out = render(tmp_path / "held-out", {"pollen": 20, "bead": 10, "debris": 10, "giardia": 10}, seed=105)
+    objects = run(extended, held_out, 0.98)["objects"]
+    is_pollen = truth(objects) == "pollen"
+    assert (objects.loc[is_pollen, "best_match"] == "pollen").mean() >= 0.6
+    assert (objects.loc[~is_pollen, "best_match"] == "pollen").mean() <= 0.2
+    before = run(centroid, held_out, 0.98)["objects"]
+    assert "distance_pollen" in objects and "distance_pollen" not in before
+
+    save_detector(extended, tmp_path / "with-pollen.joblib")
+    reloaded = load_detector(study["model"], tmp_path / "with-pollen.joblib", "centroid")
+    again = run(reloaded, held_out, 0.98)["objects"]
+    pd.testing.assert_frame_equal(again, objects)
+
+
+def test_gallery_needs_a_classifier_that_takes_new_classes(gmm, tmp_path):
+    with pytest.raises(InputError, match="cannot take new classes.*centroid or knn"):
+        add_gallery(gmm, render(tmp_path / "g", {"pollen": 2}, seed=106), channels=CHANNELS, patch=PATCH)
+
+
+def test_saved_classifier_refuses_another_network(study, tmp_path):
+    knn = load_detector(study["model"], study["classifiers"], "knn")
+    save_detector(knn, tmp_path / "knn.joblib")
+    bundle = torch.load(study["model"], weights_only=True)
+    first = next(iter(bundle["state_dict"]))
+    bundle["state_dict"][first] = bundle["state_dict"][first] + 0.01
+    torch.save(bundle, tmp_path / "retrained.pt")
+    with pytest.raises(InputError, match="another network"):
+        load_detector(tmp_path / "retrained.pt", tmp_path / "knn.joblib", "knn")
+    with pytest.raises(InputError, match="holds classifier 'knn', not 'centroid'"):
+        load_detector(study["model"], tmp_path / "knn.joblib", "centroid")
+
+
+def test_svm_takes_its_centres_from_a_classifier_beside_it(study, tmp_path):
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(40, 4)) + np.repeat(np.eye(4) * 5, 10, axis=0), np.repeat([0, 1, 2, 3], 10)
+    fitted = {"svm": SVMClassifier().fit(X, y), "centroid": CentroidClassifier().fit(X, y)}
+    joblib.dump(fitted, tmp_path / "classifiers.joblib")
+    svm = load_detector(study["model"], tmp_path / "classifiers.joblib", "svm")
+    np.testing.assert_allclose(svm.centres.to_numpy(), fitted["centroid"].centres_)
+    assert list(svm.centres.index) == svm.class_names == ["bead", "cryptosporidium", "debris", "giardia"]
+    joblib.dump({"svm": fitted["svm"]}, tmp_path / "svm-only.joblib")
+    with pytest.raises(InputError, match="no class centres"):
+        load_detector(study["model"], tmp_path / "svm-only.joblib", "svm")
+
+
+# --------------------------------------------------------------------------------------------------------- refusals
+
+
+def write_images(folder, count: int, shape: tuple, dtype) -> dict:
+    """A dump of ``count`` images, a bright disc on a noisy background, in one unlabelled folder ``sample/``."""
+    (folder / "sample").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    disc = (yy - shape[0] / 2) ** 2 + (xx - shape[1] / 2) ** 2 < (shape[0] / 5) ** 2
+    for number in range(count):
+        image = rng.normal(60, 3, shape).astype(dtype)
+        image[disc] = 200
+        if dtype == np.uint16:
+            tifffile.imwrite(folder / "sample" / f"{number:03d}.tif", image)
+        else:
+            Image.fromarray(image).save(folder / "sample" / f"{number:03d}.png")
+    return {"kind": "folder", "path": str(folder)}
+
+
+def test_refuses_a_dump_with_another_channel_count(gmm, tmp_path):
+    source = write_images(tmp_path / "rgb", 3, (40, 40, 3), np.uint8)
+    with pytest.raises(InputError, match=r"has 3 channel\(s\), but the data set lists 1"):
+        run(gmm, source, 0.98)
+
+
+def test_refuses_a_dump_of_another_bit_depth(gmm, tmp_path):
+    source = write_images(tmp_path / "grey8", 3, (40, 40), np.uint8)
+    with pytest.raises(InputError, match="dtype uint8, but the model was trained on uint16"):
+        run(gmm, source, 0.98)
+
+
+def test_refuses_a_patch_size_the_model_does_not_take(gmm, tmp_path):
+    source = write_images(tmp_path / "grey16", 3, (40, 40), np.uint16)
+    with pytest.raises(InputError, match="48 px patches do not fit the model, which takes 32 x 32 px images"):
+        run(gmm, source, 0.98, patch={**PATCH, "size": 48})
+    with pytest.raises(InputError, match=r"lack \['brightfield'\]"):
+        run(gmm, source, 0.98, channels=["darkfield"])
+
+
+def test_refuses_files_that_are_not_ours(study, tmp_path):
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "foreign.pt")
+    (tmp_path / "text.pt").write_text("not a model")
+    for path in ("foreign.pt", "text.pt"):
+        with pytest.raises(InputError, match="not a cytodml model"):
+            load_detector(tmp_path / path, study["classifiers"], "gmm")
+    joblib.dump({"weights": [1, 2]}, tmp_path / "foreign.joblib")
+    with pytest.raises(InputError, match="not a cytodml classifiers file"):
+        load_detector(study["model"], tmp_path / "foreign.joblib", "gmm")
+    with pytest.raises(InputError, match="no classifier 'svm'.*centroid, gmm, knn"):
+        load_detector(study["model"], study["classifiers"], "svm")
+    with pytest.raises(InputError, match="no threshold for classifier 'svm'"):
+        read_threshold(study["metrics_path"], "svm")
+
+
+# ----------------------------------------------------------------------------------------------------- command line
+
+
+def cli(study, command: str, model=None, classifiers=None, classifier: str = "gmm") -> list[str]:
+    """The arguments of ``cytodml <command>`` that name the study's model and classifier (paths hold no spaces)."""
+    head = f"{command} --config {study['config']} --experiment tiny --model {model or study['model']}"
+    return [*head.split(), "--classifiers", str(classifiers or study["classifiers"]), "--classifier", classifier]
+
+
+def test_command_line_predicts_and_writes_the_outputs(study, tmp_path):
+    dump = render(tmp_path / "water-0001", {"bead": 30, "debris": 30, "cryptosporidium": 4}, seed=107)["path"]
+    out = tmp_path / "results/predict/water-0001"
+    command = [sys.executable, "-m", "cytodml.cli", *cli(study, "predict"), "--dump", dump, "--out", str(out)]
+    done = subprocess.run([*command, "--threads", "1"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "water-0001:" in done.stdout and "summary.md" in done.stdout
+    objects = pd.read_parquet(out / "objects.parquet")
+    assert len(objects) == 64 and len(pd.read_csv(out / "objects.csv")) == 64
+    summary = (out / "summary.md").read_text()
+    assert summary.startswith("# Sample water-0001") and "| total | 64 |" in summary
+    assert f">= {read_threshold(study['metrics_path'], 'gmm'):g}" in summary  # the evaluation's threshold
+    assert (out / "targets.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_command_line_gallery_then_predict(study, tmp_path, capsys):
+    render(tmp_path / "examples", {"pollen": 5}, seed=108)
+    extended = tmp_path / "with-pollen.joblib"
+    gallery = cli(study, "gallery", classifier="centroid")
+    assert main([*gallery, "--examples", str(tmp_path / "examples"), "--out", str(extended)]) == 0
+    assert "(new: pollen)" in capsys.readouterr().out
+    dump = render(tmp_path / "s", {"pollen": 6, "bead": 6}, seed=109)["path"]
+    predict = cli(study, "predict", classifiers=extended, classifier="centroid")
+    options = ["--threshold", "0.5", "--targets", "pollen", "--dump", dump, "--out", str(tmp_path / "out")]
+    assert main([*predict, *options]) == 0
+    objects = pd.read_csv(tmp_path / "out" / "objects.csv")
+    assert "distance_pollen" in objects and (objects["predicted"] == "pollen").any()
+
+
+def test_command_line_reports_bad_input_in_one_line(study, tmp_path, capsys):
+    (tmp_path / "foreign.pt").write_text("not a model")
+    options = ["--dump", str(tmp_path), "--out", str(tmp_path / "out")]
+    assert main([*cli(study, "predict", model=tmp_path / "foreign.pt"), *options]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("cytodml predict: error:") and "not a cytodml model" in error and "Traceback" not in error
+    wrong = cli(study, "predict")
+    wrong[wrong.index("tiny")] = "nowhere"
+    assert main([*wrong, *options]) == 2
+    assert "no experiment 'nowhere'" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------------------- config
+
+
+def test_dump_inherits_the_layout_of_the_data_set_of_its_kind():
+    dataset = {
+        "kind": "folder",
+        "path": "/train",
+        "channel_tokens": {"brightfield": "Ch1"},
+        "group_pattern": "(?P<group>P)",
+    }
+    assert dump_source(dataset, {"path": "/water"}) == {**dataset, "path": "/water"}
+    assert dump_source(dataset, {"path": "/w", "channel_tokens": {"brightfield": "Ch9"}})["channel_tokens"] == {
+        "brightfield": "Ch9"
+    }
+    assert dump_source(dataset, {"path": "/w.csv", "kind": "manifest"}) == {"kind": "manifest", "path": "/w.csv"}
+    with pytest.raises(InputError, match="path"):
+        dump_source(dataset, {"kind": "folder"})
+
+
+@pytest.mark.parametrize(
+    "predict, named",
+    [
+        ({"model": {"experiment": "other"}}, "predict.model.experiment"),
+        ({"model": {"loss": "triplet"}}, "predict.model.loss"),
+        ({"model": {"trial": 1}}, "predict.model.trial"),
+        ({"model": {"classifier": "svm"}}, "predict.model.classifier"),
+        ({"model": {"classifier": "gmm"}, "gallery": {"path": "g"}}, "predict.gallery"),
+        ({"targets": ["pollen"]}, "predict.targets[0]"),  # open set: the model never learned it
+    ],
+)
+def test_predict_config_cross_references_are_checked(predict, named):
+    model = {"experiment": "tiny", "loss": "softmax", "classifier": "centroid", **predict.pop("model", {})}
+    config = {
+        "datasets": {"tiny-ifc": {"source": SOURCE, "channels": CHANNELS, "patch": PATCH}},
+        "experiments": {"tiny": EXPERIMENT},
+        "predict": {"model": model, "samples": {"s": {"path": "s"}}, **predict},
+    }
+    with pytest.raises(InputError, match=re.escape(named)):
+        check_predict_config(config, list_classes=list_classes)
+    config["predict"] = {"model": {"experiment": "tiny", "loss": "softmax", "classifier": "knn"}, "targets": TARGETS}
+    check_predict_config(config, list_classes=list_classes)
