@@ -256,3 +256,18 @@ def test_image_io_keeps_dtype_and_layout(tmp_path):
     tifffile.imwrite(tmp_path / "stack.tif", np.stack([grey(), grey()]), metadata=None)
     with pytest.raises(InputError, match="stack.tif: 2 pages"):
         read_header(tmp_path / "stack.tif")
+
+
+def test_a_flat_folder_is_an_unlabelled_sample(tmp_path):
+    for index in range(3):
+        write(tmp_path / f"{index:05d}_Ch1.tif", grey(seed=index))
+    raw = ingest({"kind": "folder", "path": str(tmp_path), "channel_tokens": {"brightfield": "Ch1"}}, ["brightfield"])
+    assert raw["class_name"].tolist() == ["", "", ""]
+    assert raw["object_id"].tolist() == ["00000", "00001", "00002"]
+
+
+def test_loose_files_beside_class_folders_are_refused(tmp_path):
+    write(tmp_path / "a" / "x.png", grey(dtype=np.uint8))
+    write(tmp_path / "stray.png", grey(dtype=np.uint8))
+    with pytest.raises(InputError, match="stray.png: a file beside the class folders"):
+        ingest({"kind": "folder", "path": str(tmp_path)}, ["grey"])

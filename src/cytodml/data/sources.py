@@ -98,14 +98,14 @@ def _ingest_folder(source: dict, channels: list[str]) -> pd.DataFrame:
     tokens = source.get("channel_tokens")
     pattern = _group_pattern(source)
     objects = []
-    for class_dir, files in _class_files(root):
+    for class_name, class_dir, files in _class_files(root):
         if tokens:
             grouped = _group_by_token(class_dir, files, channels, tokens)
         else:
             grouped = [(path.name, [path]) for path in files]
         for key, paths in grouped:
             group = _group_of(pattern, paths[0])
-            objects.append(_Object(f"{class_dir.name}/{key}", class_dir.name, group, paths))
+            objects.append(_Object(_object_id(class_name, key), class_name, group, paths))
     return _objects_table(objects, channels)
 
 
@@ -124,16 +124,16 @@ def _ingest_montage(source: dict, channels: list[str]) -> pd.DataFrame:
         raise InputError(f"source.tile_size: a positive number of pixels, not {tile!r}")
     pattern = _group_pattern(source)
     rows = []
-    for class_dir, files in _class_files(root):
+    for class_name, class_dir, files in _class_files(root):
         for key, paths in _group_by_token(class_dir, files, channels, source["channel_tokens"]):
-            object_id = f"{class_dir.name}/{key}"
+            object_id = _object_id(class_name, key)
             height, width, dtype = _object_header(object_id, paths, channels)
             if height % tile or width % tile:
                 raise InputError(f"{paths[0]}: {height} x {width} is not a whole grid of source.tile_size = {tile}")
             group = _group_of(pattern, paths[0])
             files_ = [str(path) for path in paths]
             for index in range((height // tile) * (width // tile)):
-                rows.append((f"{object_id}/{index}", class_dir.name, group, files_, index, "", "", tile, tile, dtype))
+                rows.append((f"{object_id}/{index}", class_name, group, files_, index, "", "", tile, tile, dtype))
     return _table(rows)
 
 
@@ -238,25 +238,36 @@ def _existing(source: dict, key: str) -> Path:
 
 
 def _class_files(root: Path):
-    """``(class folder, image files)`` per class folder of ``root``, both sorted by name."""
+    """``(class name, folder, image files)`` per class folder of ``root``, sorted by name.
+
+    A folder of images with no class folders is an unlabelled dump (a new sample to screen): one class named ``""``.
+    """
     if not root.is_dir():
         raise InputError(f"source.path: {root} is not a folder")
-    class_dirs = sorted(entry for entry in root.iterdir() if entry.is_dir() and not is_ignored(entry.name))
-    if not class_dirs:
-        raise InputError(f"{root}: no class folders (expected one folder of images per class)")
-    for class_dir in class_dirs:
+    entries = sorted(entry for entry in root.iterdir() if not is_ignored(entry.name))
+    class_dirs = [entry for entry in entries if entry.is_dir()]
+    loose = [entry for entry in entries if not entry.is_dir()]
+    if class_dirs and loose:
+        raise InputError(f"{loose[0]}: a file beside the class folders of {root}; expected one folder per class")
+    if not class_dirs and not loose:
+        raise InputError(f"{root}: no class folders and no images (expected one folder of images per class)")
+    for class_name, folder in [(entry.name, entry) for entry in class_dirs] or [("", root)]:
         files = []
-        for entry in sorted(class_dir.iterdir()):
+        for entry in sorted(folder.iterdir()):
             if is_ignored(entry.name):
                 continue
             if entry.is_dir():
-                raise InputError(f"{entry}: a folder inside class folder {class_dir}; expected image files only")
+                raise InputError(f"{entry}: a folder inside class folder {folder}; expected image files only")
             if not is_image(entry):
                 raise InputError(f"{entry}: not an image file (expected {', '.join(sorted(IMAGE_SUFFIXES))})")
             files.append(entry)
         if not files:
-            raise InputError(f"{class_dir}: empty class folder (no image files)")
-        yield class_dir, files
+            raise InputError(f"{folder}: empty class folder (no image files)")
+        yield class_name, folder, files
+
+
+def _object_id(class_name: str, key: str) -> str:
+    return f"{class_name}/{key}" if class_name else key
 
 
 def _stem(path: Path) -> str:
