@@ -57,6 +57,23 @@ def experiment_of(wildcards):
     return EXPERIMENTS[wildcards.experiment]
 
 
+# The experiment keys each stage reads: a rule's params hold only these, so editing one key (adding a loss, changing
+# a classifier) reruns the stages that read it and nothing upstream.
+SPLIT_KEYS = ("protocol", "fractions", "shots", "official_split", "drop_small_classes", "open_set")
+TRAIN_KEYS = ("network", "train", "channels")
+EVALUATE_KEYS = ("protocol", "classifiers", "threshold", "targets", "open_set", "spiked", "episodes")
+
+
+def experiment_keys(keys):
+    """An input function giving the experiment's settings restricted to ``keys``."""
+
+    def settings(wildcards):
+        experiment = EXPERIMENTS[wildcards.experiment]
+        return {key: experiment[key] for key in keys if key in experiment}
+
+    return settings
+
+
 def trials(experiment):
     return range(EXPERIMENTS[experiment]["trials"])
 

@@ -92,7 +92,7 @@ rule split:
         mem_mb=2000,
         runtime=10,
     params:
-        experiment=experiment_of,
+        experiment=experiment_keys(SPLIT_KEYS),
         dataset=dataset_of,
         seed=config["seed"],
     script:

@@ -23,7 +23,7 @@ rule evaluate:
         mem_mb=4000,
         runtime=30,
     params:
-        experiment=experiment_of,
+        experiment=experiment_keys(EVALUATE_KEYS),
         dataset=dataset_of,
         seed=config["seed"],
     script:
@@ -50,7 +50,5 @@ rule aggregate:
     resources:
         mem_mb=2000,
         runtime=10,
-    params:
-        experiment=experiment_of,
     script:
         "../scripts/aggregate.py"

@@ -28,7 +28,7 @@ rule train:
         mem_mb=8000,
         runtime=240,
     params:
-        experiment=experiment_of,
+        experiment=experiment_keys(TRAIN_KEYS),
         loss=lambda wildcards: LOSSES[wildcards.loss],
         dataset_channels=lambda wildcards: DATASETS[dataset_of(wildcards)]["channels"],
         dataset=dataset_of,
@@ -58,6 +58,6 @@ rule embed:
         runtime=30,
     params:
         dataset_channels=lambda wildcards: DATASETS[dataset_of(wildcards)]["channels"],
-        experiment=experiment_of,
+        experiment=experiment_keys(["channels"]),
     script:
         "../scripts/embed.py"

@@ -1,5 +1,7 @@
 """Train one embedding network (experiment x loss x trial); checkpoints each epoch, resumes after a kill."""
 
+import shutil
+
 import numpy as np
 import pandas as pd
 import torch
@@ -42,3 +44,5 @@ with logged(snakemake.log[0]) as log:
     with atomic_path(snakemake.output.model) as tmp:
         torch.save(bundle, tmp)
     write_csv(history, snakemake.output.history)
+    # the checkpoint served a resume; left behind, it would make a forced rerun resume a finished run
+    shutil.rmtree(snakemake.params.checkpoints, ignore_errors=True)

@@ -271,3 +271,12 @@ def test_loose_files_beside_class_folders_are_refused(tmp_path):
     write(tmp_path / "stray.png", grey(dtype=np.uint8))
     with pytest.raises(InputError, match="stray.png: a file beside the class folders"):
         ingest({"kind": "folder", "path": str(tmp_path)}, ["grey"])
+
+
+def test_documents_beside_the_data_are_passed_over(tmp_path):
+    write(tmp_path / "a" / "x.png", grey(dtype=np.uint8))
+    (tmp_path / "README.md").write_text("how the images were taken")
+    assert ingest({"kind": "folder", "path": str(tmp_path)}, ["grey"])["class_name"].tolist() == ["a"]
+    (tmp_path / "a" / "notes.txt").write_text("not an image")
+    with pytest.raises(InputError, match="notes.txt: not an image file"):
+        ingest({"kind": "folder", "path": str(tmp_path)}, ["grey"])

@@ -241,12 +241,13 @@ def _class_files(root: Path):
     """``(class name, folder, image files)`` per class folder of ``root``, sorted by name.
 
     A folder of images with no class folders is an unlabelled dump (a new sample to screen): one class named ``""``.
+    Files beside the class folders that are not images (a README, a licence) are not data and are passed over.
     """
     if not root.is_dir():
         raise InputError(f"source.path: {root} is not a folder")
     entries = sorted(entry for entry in root.iterdir() if not is_ignored(entry.name))
     class_dirs = [entry for entry in entries if entry.is_dir()]
-    loose = [entry for entry in entries if not entry.is_dir()]
+    loose = [entry for entry in entries if not entry.is_dir() and is_image(entry)]
     if class_dirs and loose:
         raise InputError(f"{loose[0]}: a file beside the class folders of {root}; expected one folder per class")
     if not class_dirs and not loose:
@@ -254,7 +255,7 @@ def _class_files(root: Path):
     for class_name, folder in [(entry.name, entry) for entry in class_dirs] or [("", root)]:
         files = []
         for entry in sorted(folder.iterdir()):
-            if is_ignored(entry.name):
+            if is_ignored(entry.name) or (folder == root and not is_image(entry)):
                 continue
             if entry.is_dir():
                 raise InputError(f"{entry}: a folder inside class folder {folder}; expected image files only")
