@@ -41,33 +41,38 @@ class BatchLoader:
     """Normalised float batches from an N x C x S x S uint8 / uint16 array, one array operation per batch.
 
     A batch is one fancy index of the array and one conversion, ``x = (float(image) - mean_c) / std_c`` with each
-    channel's mean and standard deviation over the training images, in the source value range. On a GPU the whole
-    array lives on the device (uint16 widened to int32, which every indexing kernel takes). Batches come out
+    channel's mean and standard deviation over the training images, in the source value range. Batches come out
     channels-last, the layout cuDNN's tensor cores want and oneDNN's CPU convolutions run fastest in (1.1-1.5x per
-    training step, benchmarks/README.md); the network's weights are converted to match.
+    training step, benchmarks/README.md); the network's weights are converted to match. On a GPU the whole array
+    lives on the device (uint16 widened to int32, which every indexing kernel takes). On the CPU numpy converts the
+    batch straight into the channels-last buffer, in the calling thread: torch's two-thread elementwise kernels took
+    50 to 100 times longer on cores shared with other jobs.
     """
 
     def __init__(self, images: np.ndarray, normalization: dict, device: torch.device):
         self.device = device
+        mean = np.asarray(normalization["mean"], dtype=np.float32)
+        scale = 1 / np.asarray(normalization["std"], dtype=np.float32)
         if device.type == "cuda":
             widened = images.astype(np.int32) if images.dtype == np.uint16 else np.ascontiguousarray(images)
             self.images = torch.from_numpy(widened).to(device)
+            self.mean = torch.from_numpy(mean).to(device).view(1, -1, 1, 1)
+            self.scale = torch.from_numpy(scale).to(device).view(1, -1, 1, 1)
         else:
-            self.images = images
-        shape = (1, -1, 1, 1)
-        self.mean = torch.tensor(normalization["mean"], dtype=torch.float32, device=device).view(shape)
-        self.scale = 1 / torch.tensor(normalization["std"], dtype=torch.float32, device=device).view(shape)
+            self.images, self.mean, self.scale = images, mean, scale
 
     def __len__(self) -> int:
         return len(self.images)
 
     def __call__(self, index) -> torch.Tensor:
-        if isinstance(self.images, torch.Tensor):
-            batch = self.images[torch.as_tensor(index, device=self.device)]
-        else:
-            batch = torch.from_numpy(np.ascontiguousarray(self.images[index]))
-        batch = batch.to(self.device, torch.float32).sub_(self.mean).mul_(self.scale)
-        return batch.contiguous(memory_format=torch.channels_last)
+        if self.device.type == "cuda":
+            batch = self.images[torch.as_tensor(index, device=self.device)].float().sub_(self.mean).mul_(self.scale)
+            return batch.contiguous(memory_format=torch.channels_last)
+        images = self.images[index]
+        batch = np.empty((len(images), *images.shape[2:], images.shape[1]), dtype=np.float32)
+        np.subtract(images.transpose(0, 2, 3, 1), self.mean, out=batch)
+        batch *= self.scale
+        return torch.from_numpy(batch).permute(0, 3, 1, 2)
 
 
 @torch.inference_mode()

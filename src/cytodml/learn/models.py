@@ -241,17 +241,31 @@ def timm_net(
 
 
 def load_timm_weights(backbone: nn.Module, path: str, in_channels: int) -> None:
-    """Load a local pretrained state dict into a timm backbone built with ``num_classes=0``."""
-    from timm.models import adapt_input_conv, load_state_dict
+    """Load a local pretrained state dict into a timm backbone built with ``num_classes=0``.
+
+    Reads ``.safetensors`` or a torch file with ``weights_only=True`` (a bare state dict, or one under ``state_dict``
+    / ``model``); classifier weights are dropped, and a 3-channel first convolution is adapted to ``in_channels``
+    with timm's ``adapt_input_conv`` (summed for grey, repeated and rescaled for more channels).
+    """
+    from timm.models import adapt_input_conv
 
     try:
-        state = load_state_dict(path)
-    except (OSError, RuntimeError) as err:
-        raise InputError(f"network.pretrained_path: cannot read {path}: {err}") from err
+        if str(path).endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            state = load_file(path)
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # missing file, foreign pickle, corrupt archive: all a bad pretrained_path
+        raise InputError(f"network.pretrained_path: cannot read {path}: {type(err).__name__}: {err}") from err
+    for wrapper in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    state = {key.removeprefix("module."): value for key, value in state.items()}
     own = backbone.state_dict()
-    first_conv = backbone.pretrained_cfg.get("first_conv")
-    if first_conv and f"{first_conv}.weight" in state and in_channels != state[f"{first_conv}.weight"].shape[1]:
-        state[f"{first_conv}.weight"] = adapt_input_conv(in_channels, state[f"{first_conv}.weight"])
+    first_conv = f"{backbone.pretrained_cfg.get('first_conv')}.weight"
+    if first_conv in state and first_conv in own and state[first_conv].shape[1] != own[first_conv].shape[1]:
+        state[first_conv] = adapt_input_conv(in_channels, state[first_conv])
     missing = sorted(set(own) - set(state))
     if missing:
         raise InputError(

@@ -12,6 +12,9 @@ data resumes from it and, on the CPU, ends with the weights an uninterrupted run
 Validation per epoch: ``val_loss``, the loss on validation batches drawn like the training ones (with a fixed
 order), and ``val_precision_at_1``, the fraction of validation images whose nearest other validation image (Euclidean,
 in the embedding) is of their class. ``train.monitor`` picks the one early stopping follows (default ``val_loss``).
+
+The bundle ``train`` returns, and :func:`load_model` that reads it back, are defined in :mod:`cytodml.learn.embed`
+(``load_model`` is re-exported here).
 """
 
 import copy
@@ -43,7 +46,9 @@ from cytodml.learn.losses import build_loss
 from cytodml.learn.models import build_model, embedding_dim_of
 from cytodml.learn.samplers import ClassBalancedBatchSampler
 
-__all__ = ["TRAIN_DEFAULTS", "TrainingDiverged", "train", "load_model", "channel_statistics", "precision_at_1"]
+__all__ = [
+    "TRAIN_DEFAULTS", "TrainingDiverged", "train", "prepare_run", "load_model", "channel_statistics", "precision_at_1"
+]  # fmt: skip
 
 TRAIN_DEFAULTS = {
     "epochs": 300,
@@ -88,7 +93,28 @@ def train(
     checkpoint; one written by the same configuration and data is resumed. Returns the model bundle (see
     :mod:`cytodml.learn.embed`) holding the best epoch's weights, and the per-epoch history: ``epoch``,
     ``train_loss``, ``val_loss``, ``val_precision_at_1``, ``lr``, ``seconds``, ``images_per_s``.
+    On the CPU, deterministic algorithms are switched on for the run (and restored after it).
     """
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(choose_device().type == "cpu")
+    try:
+        run = prepare_run(
+            train_images, train_labels, val_images, val_labels, network=network, loss_spec=loss_spec,
+            train_spec=train_spec, class_names=class_names, channel_names=channel_names, seed=seed,
+            checkpoint_dir=checkpoint_dir, log=log,
+        )  # fmt: skip
+        run.fit()
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+    return run.bundle(), pd.DataFrame(run.history)
+
+
+def prepare_run(
+    train_images, train_labels, val_images, val_labels, *, network, loss_spec, train_spec, class_names,
+    channel_names, seed, checkpoint_dir, log=print,
+) -> "Run":  # fmt: skip
+    """The inputs of :func:`train` checked and turned into a :class:`Run` (network, loss, optimiser, batches) that has
+    not trained yet; ``train`` fits it, a benchmark can drive :meth:`Run.train_step` itself."""
     spec = check_train_spec(train_spec)
     train_labels = check_data(train_images, train_labels, "train", len(class_names))
     val_labels = check_data(val_images, val_labels, "val", len(class_names))
@@ -104,36 +130,13 @@ def train(
         raise InputError(f"channel_names: {len(channel_names)} names for {in_channels} image channels")
 
     device = choose_device()
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    torch.use_deterministic_algorithms(device.type == "cpu")
-    try:
-        torch.manual_seed(seed)
-        embedding_dim = embedding_dim_of(network)
-        loss = build_loss(loss_spec, len(class_names), embedding_dim).to(device)
-        model = build_model(network, in_channels, image_size, loss.normalize_embeddings).to(device)
-        samples_per_class = resolve_samples_per_class(spec, loss)
-        normalization = channel_statistics(train_images)
-        run = Run(
-            model=model,
-            loss=loss,
-            spec=spec,
-            train_loader=BatchLoader(train_images, normalization, device),
-            val_loader=BatchLoader(val_images, normalization, device),
-            train_labels=torch.as_tensor(train_labels, device=device),
-            val_labels=torch.as_tensor(val_labels, device=device),
-            sampler=ClassBalancedBatchSampler(train_labels, spec["batch_size"], samples_per_class, seed),
-            val_batches=list(ClassBalancedBatchSampler(val_labels, spec["batch_size"], samples_per_class, seed)),
-            checkpoint=None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT_NAME,
-            config_hash=config_hash(
-                network, loss_spec, spec, class_names, channel_names, seed,
-                (train_images, train_labels, val_images, val_labels),
-            ),
-            log=log,
-        )
-        run.fit()
-    finally:
-        torch.use_deterministic_algorithms(deterministic)
-    bundle = {
+    torch.manual_seed(seed)
+    embedding_dim = embedding_dim_of(network)
+    loss = build_loss(loss_spec, len(class_names), embedding_dim).to(device)
+    model = build_model(network, in_channels, image_size, loss.normalize_embeddings).to(device)
+    samples_per_class = resolve_samples_per_class(spec, loss)
+    normalization = channel_statistics(train_images)
+    description = {
         "format": MODEL_FORMAT,
         "version": MODEL_VERSION,
         "network": copy.deepcopy(dict(network)),
@@ -144,13 +147,26 @@ def train(
         "class_names": list(class_names),
         "channel_names": list(channel_names),
         "normalization": normalization,
-        "state_dict": run.best["model"],
-        "loss_state_dict": run.best["loss"],
-        "best_epoch": run.best["epoch"],
         "seed": int(seed),
         "dtype": str(train_images.dtype),
     }
-    return bundle, pd.DataFrame(run.history)
+    return Run(
+        model=model,
+        loss=loss,
+        spec=spec,
+        description=description,
+        train_loader=BatchLoader(train_images, normalization, device),
+        val_loader=BatchLoader(val_images, normalization, device),
+        train_labels=torch.as_tensor(train_labels, device=device),
+        val_labels=torch.as_tensor(val_labels, device=device),
+        sampler=ClassBalancedBatchSampler(train_labels, spec["batch_size"], samples_per_class, seed),
+        val_batches=list(ClassBalancedBatchSampler(val_labels, spec["batch_size"], samples_per_class, seed)),
+        checkpoint=None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT_NAME,
+        config_hash=config_hash(
+            description, spec, (train_images, train_labels, val_images, val_labels)
+        ),
+        log=log,
+    )
 
 
 def check_train_spec(train_spec: dict) -> dict:
@@ -233,11 +249,9 @@ def precision_at_1(embeddings: torch.Tensor, labels: torch.Tensor, chunk: int = 
     return hits / len(embeddings)
 
 
-def config_hash(network, loss_spec, spec, class_names, channel_names, seed, arrays) -> str:
+def config_hash(description: dict, spec: dict, arrays) -> str:
     """A digest of everything a training run depends on, so a checkpoint is resumed only by the run that wrote it."""
-    digest = hashlib.sha256(
-        json.dumps([network, loss_spec, spec, class_names, channel_names, seed], sort_keys=True).encode()
-    )
+    digest = hashlib.sha256(json.dumps([description, spec], sort_keys=True).encode())
     for array in arrays:
         digest.update(f"{array.dtype}{array.shape}".encode())
         digest.update(memoryview(np.ascontiguousarray(array)).cast("B"))
@@ -251,9 +265,9 @@ def cpu_copy(state_dict: dict) -> dict:
 class Run:
     """The state of one training run and the epoch loop over it; :meth:`fit` resumes from a checkpoint it finds."""
 
-    def __init__(self, *, model, loss, spec, train_loader, val_loader, train_labels, val_labels, sampler,
-                 val_batches, checkpoint, config_hash, log):  # fmt: skip
-        self.model, self.loss, self.spec = model, loss, spec
+    def __init__(self, *, model, loss, spec, description, train_loader, val_loader, train_labels, val_labels,
+                 sampler, val_batches, checkpoint, config_hash, log):  # fmt: skip
+        self.model, self.loss, self.spec, self.description = model, loss, spec, description
         self.train_loader, self.val_loader = train_loader, val_loader
         self.train_labels, self.val_labels = train_labels, val_labels
         self.sampler, self.val_batches = sampler, val_batches
@@ -268,7 +282,12 @@ class Run:
         self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma=spec["lr_decay"])
         self.epoch = 0
         self.bad_epochs = 0
-        self.best = {"epoch": 0, "value": None, "model": cpu_copy(model.state_dict()), "loss": cpu_copy(loss.state_dict())}
+        self.best = {
+            "epoch": 0,
+            "value": None,
+            "model": cpu_copy(model.state_dict()),
+            "loss": cpu_copy(loss.state_dict()),
+        }
         self.history = {
             column: []
             for column in ("epoch", "train_loss", "val_loss", "val_precision_at_1", "lr", "seconds", "images_per_s")
@@ -282,6 +301,15 @@ class Run:
             self.save()
         stopped = "early stop" if self.bad_epochs >= self.spec["patience"] else "last epoch"
         self.log(f"{stopped} after epoch {self.epoch}; keeping epoch {self.best['epoch']}")
+
+    def bundle(self) -> dict:
+        """The model bundle: the run's description with the best epoch's weights."""
+        return {
+            **self.description,
+            "state_dict": self.best["model"],
+            "loss_state_dict": self.best["loss"],
+            "best_epoch": self.best["epoch"],
+        }
 
     def run_epoch(self) -> None:
         started = time.perf_counter()
@@ -318,22 +346,31 @@ class Run:
         if self.progress_bar:
             batches = tqdm(batches, desc=f"epoch {self.epoch + 1}/{self.spec['epochs']}", leave=False)
         for number, index in enumerate(batches, start=1):
-            with autocast(self.device):
-                embeddings = self.model(self.train_loader(index))
-            value = self.loss(embeddings.float(), self.train_labels[index])
-            scalar = value.item()
+            scalar = self.train_step(index)
             if not math.isfinite(scalar):
-                kept = f"the checkpoint of epoch {self.epoch} is kept" if self.checkpoint and self.epoch else "no checkpoint yet"
+                kept = "no checkpoint yet"
+                if self.checkpoint and self.epoch:
+                    kept = f"the checkpoint of epoch {self.epoch} is kept"
                 raise TrainingDiverged(
                     f"training diverged: loss {scalar} at epoch {self.epoch + 1}, batch {number} ({kept}); "
                     f"try a lower train.lr"
                 )
-            self.optimizer.zero_grad(set_to_none=True)
-            value.backward()
-            self.optimizer.step()
             total += scalar * len(index)
             images += len(index)
         return total / images, images
+
+    def train_step(self, index) -> float:
+        """One optimiser step on the training images ``index``; returns the batch loss, and leaves the weights
+        untouched where it is not finite."""
+        with autocast(self.device):
+            embeddings = self.model(self.train_loader(index))
+        value = self.loss(embeddings.float(), self.train_labels[index])
+        scalar = value.item()
+        if math.isfinite(scalar):
+            self.optimizer.zero_grad(set_to_none=True)
+            value.backward()
+            self.optimizer.step()
+        return scalar
 
     def validate(self) -> tuple[float, float]:
         """Validation loss (mean over the fixed validation batches) and precision at 1, in eval mode."""
