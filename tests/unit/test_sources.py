@@ -280,3 +280,12 @@ def test_documents_beside_the_data_are_passed_over(tmp_path):
     (tmp_path / "a" / "notes.txt").write_text("not an image")
     with pytest.raises(InputError, match="notes.txt: not an image file"):
         ingest({"kind": "folder", "path": str(tmp_path)}, ["grey"])
+
+
+def test_a_jpeg_bound_for_a_small_patch_decodes_at_reduced_scale(tmp_path):
+    rgb = np.random.default_rng(0).integers(0, 255, (360, 363, 3)).astype(np.uint8)
+    path = write(tmp_path / "cell.jpg", rgb)
+    full, reduced = decode(path).pixels, decode(path, at_least=64).pixels
+    assert full.shape == (360, 363, 3)
+    assert reduced.shape == (90, 91, 3)  # 1/4 scale: the smallest DCT scaling that keeps both sides >= 64
+    np.testing.assert_array_equal(decode(path, at_least=64).pixels, reduced)  # deterministic, so hashes are too

@@ -76,14 +76,21 @@ class Decoded(NamedTuple):
     pillow: Image.Image | None
 
 
-def decode(path) -> Decoded:
-    """Pixels of an image file, with the Pillow image that holds them where there is one."""
+def decode(path, at_least: int | None = None) -> Decoded:
+    """Pixels of an image file, with the Pillow image that holds them where there is one.
+
+    ``at_least``: the caller needs no more than that many pixels along each side, so a JPEG may be decoded at 1/2,
+    1/4 or 1/8 scale in the DCT domain (Pillow's draft mode) as long as both sides stay at least that long: the
+    cheapest way down to a small patch, and as deterministic per file as a full decode.
+    """
     with _reading(path):
         if _is_tiff(path):
             pixels, pillow = _pillow_tiff(path) or (_tifffile_pixels(path), None)
         else:
             with Image.open(path) as image:
                 _pillow_mode(image, path)
+                if at_least and image.format == "JPEG":
+                    image.draft(image.mode, (at_least, at_least))
                 pixels = np.asarray(image)
                 pillow = image if image.mode in _PILLOW_RESIZABLE else None
     if pixels.ndim == 2:

@@ -19,8 +19,8 @@ Resizing is Pillow's bilinear filter (antialiased when shrinking; 8-bit images a
 blocks, see :data:`REDUCING_GAP`), per channel, in the source dtype. Patches keep the source dtype: no rescaling, so
 the network's input normalisation is the only intensity transform.
 
-Each patch carries the sha1 of its object's decoded source pixels (:func:`content_hash`), so byte-identical
-duplicates share it, and QC flags: ``qc_empty`` (no foreground), ``qc_border`` (the object touches the frame border),
+Each patch carries the sha1 of its object's decoded source pixels (:func:`content_hash`; a JPEG bound for a small
+``resize`` patch is decoded at reduced scale), so byte-identical duplicates share it, and QC flags: ``qc_empty`` (no foreground), ``qc_border`` (the object touches the frame border),
 ``qc_multiple`` (a second component of at least :data:`MULTIPLE_FRACTION` of the main one's area),
 ``qc_downscaled``. Montage filler tiles (every row identical) and repeated montage tiles (same hash; the first is
 kept) are dropped and counted.
@@ -269,7 +269,8 @@ def _patch_chunk(task: tuple[list[_Job], PatchSpec]) -> _Chunk:
     patches, rows, cells, hashes, flags, fillers, background = [], [], [], [], [], [], {}
     decoded: dict[str, Decoded] = {}  # the montages of the current object, shared by its tiles
     for row, job in enumerate(jobs):
-        image, pillow = _source_image(job, decoded)
+        # a resized patch needs no more pixels than its size: JPEGs may decode at a reduced scale
+        image, pillow = _source_image(job, decoded, spec.size if spec.mode == "resize" else None)
         if job.montage and (image == image[:1]).all():
             fillers.append(row)
             continue
@@ -297,8 +298,8 @@ def _patch_chunk(task: tuple[list[_Job], PatchSpec]) -> _Chunk:
     return _Chunk(stacked, rows, cells, hashes, flags, fillers, background)
 
 
-def _source_image(job: _Job, decoded: dict) -> Decoded:
-    """The object's source pixels, ``H x W x C`` with C = the data set's channels."""
+def _source_image(job: _Job, decoded: dict, at_least: int | None = None) -> Decoded:
+    """The object's source pixels, ``H x W x C`` with C = the data set's channels (see :func:`decode` for ``at_least``)."""
     if job.member:
         pixels = read_npz_member(job.files[0], job.member)[job.tile]
         return Decoded(pixels[:, :, None] if pixels.ndim == 2 else pixels, None)
@@ -307,7 +308,7 @@ def _source_image(job: _Job, decoded: dict) -> Decoded:
     planes = []
     for path, repeats in itertools.groupby(job.files):  # an RGB file is listed once per channel
         count = len(list(repeats))
-        pixels, pillow = decoded[path] if path in decoded else decode(path)
+        pixels, pillow = decoded[path] if path in decoded else decode(path, at_least)
         if job.montage:
             decoded[path] = Decoded(pixels, None)
             pixels, pillow = _montage_tile(pixels, job, path), None
