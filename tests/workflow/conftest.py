@@ -45,3 +45,11 @@ def tiny_config():
 @pytest.fixture(scope="session")
 def default_config():
     return yaml.safe_load((ROOT / "config.yaml").read_text())
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_config):
+    """The tiny study run once, end to end (figures included), shared by every test that reads its results."""
+    workdir = tmp_path_factory.mktemp("tiny")
+    snakemake(workdir, "--cores", "2", config=tiny_config)
+    return workdir

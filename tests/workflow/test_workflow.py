@@ -68,14 +68,6 @@ def test_bad_config_fails_before_any_job(workdir, default_config, edit, named):
     assert not (workdir / "results").exists() and not (workdir / "resources").exists()
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, tiny_config):
-    """The tiny study run once, end to end, shared by the checks below."""
-    workdir = tmp_path_factory.mktemp("tiny")
-    snakemake(workdir, "--cores", "2", config=tiny_config)
-    return workdir
-
-
 def test_tiny_study_end_to_end(tiny_run, tiny_config):
     experiment = tiny_config["experiments"]["tiny"]
     patches = pd.read_parquet(tiny_run / "results/tiny-ifc/patches.parquet")
