@@ -10,6 +10,7 @@ from snakemake.utils import validate
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from cytodml.config import (
+    channel_indices,
     check_config,
     experiment_settings,
     resolve_source,
@@ -108,7 +109,7 @@ def data_outputs(experiment):
 def final_outputs():
     outputs = []
     for experiment in config["run"]:
-        outputs += data_outputs(experiment) + [f"results/{experiment}/tables"]
+        outputs += data_outputs(experiment) + [f"results/{experiment}/tables"] + report_outputs(experiment)
     return outputs
 
 
@@ -175,3 +176,101 @@ def predict_gallery(wildcards):
 
 def predict_targets(wildcards):
     return PREDICT.get("targets", predict_experiment()["targets"])
+
+
+# ---- figures of each experiment (rules/report.smk) -----------------------------------------------------------------
+
+# the trial whose models, embeddings and images the per-trial figures draw (latent spaces, blocks, thumbnails, maps)
+FIGURE_TRIAL = 0
+# scatter plots and t-SNE: at most this many images, rare classes kept whole
+FIGURE_POINTS = 1500
+# one t-SNE per loss x block: fewer images keep that grid within a minute or two on one core
+BLOCK_POINTS = 600
+EXPERIMENT_FIGURES = ["latent", "blocks", "metrics", "training", "confidence"]
+LOSS_FIGURES = ["images", "confusion", "confusion_at_threshold", "similarity"]
+
+
+def report_outputs(experiment):
+    """The report's files of one experiment, among the final outputs: the config record and the PNG of every figure
+    (each job writes the PDF beside it)."""
+    settings = EXPERIMENTS[experiment]
+    detection = ["roc"] if settings["targets"] or settings["open_set"] else []
+    return (
+        [f"results/{experiment}/config.yaml"]
+        + [
+            f"results/{experiment}/figures/{name}.png"
+            for name in EXPERIMENT_FIGURES + detection
+        ]
+        + [
+            f"results/{experiment}/figures/{loss}/{name}.png"
+            for loss in settings["losses"]
+            for name in LOSS_FIGURES
+        ]
+    )
+
+
+def figure(name, title, subcategory, loss="all", labels=None):
+    """The PNG and PDF outputs of one figure; the PNG goes into the report, captioned by report/fig_{name}.rst and
+    labelled with its title and loss (or ``labels``)."""
+    where = "results/{experiment}/figures/" + ("{loss}/" if loss == "{loss}" else "")
+    return {
+        "png": report(
+            f"{where}{name}.png",
+            caption=f"../report/fig_{name}.rst",
+            category="{experiment}",
+            subcategory=subcategory,
+            labels=labels or {"figure": title, "loss": loss},
+        ),
+        "pdf": f"{where}{name}.pdf",
+    }
+
+
+def figure_losses(wildcards):
+    """The experiment's losses, softmax baselines first, beside the metric losses they are compared with."""
+    losses = EXPERIMENTS[wildcards.experiment]["losses"]
+    return sorted(losses, key=lambda loss: LOSSES[loss]["type"] != "softmax")
+
+
+def per_loss(pattern):
+    """Input function: ``pattern`` for each loss of the experiment (figure_losses order) at FIGURE_TRIAL."""
+    return lambda wildcards: [
+        pattern.format(experiment=wildcards.experiment, loss=loss, trial=FIGURE_TRIAL)
+        for loss in figure_losses(wildcards)
+    ]
+
+
+def loss_trials(wildcards):
+    """(loss, trial) of every training run of the experiment, in the order of per_loss_and_trial's files."""
+    return [
+        (loss, trial)
+        for loss in figure_losses(wildcards)
+        for trial in trials(wildcards.experiment)
+    ]
+
+
+def per_loss_and_trial(pattern):
+    """Input function: ``pattern`` for each (loss, trial) of loss_trials."""
+    return lambda wildcards: [
+        pattern.format(experiment=wildcards.experiment, loss=loss, trial=trial)
+        for loss, trial in loss_trials(wildcards)
+    ]
+
+
+def figure_channels(wildcards):
+    """Positions of the experiment's channels in its data set's patches."""
+    return channel_indices(
+        DATASETS[dataset_of(wildcards)]["channels"],
+        experiment_of(wildcards).get("channels"),
+    )
+
+
+def experiment_config(wildcards):
+    """The config of one experiment on its own, a config that reruns just it: the seed, its data set and losses."""
+    experiment = config["experiments"][wildcards.experiment]
+    return {
+        "seed": config["seed"],
+        "datasets": {experiment["dataset"]: DATASETS[experiment["dataset"]]},
+        "losses": {loss: LOSSES[loss] for loss in experiment["losses"]},
+        "experiments": {wildcards.experiment: experiment},
+        "run": [wildcards.experiment],
+    }

@@ -2,83 +2,6 @@
 # Figures of one trial (latent spaces, block features, thumbnails, similarity maps) draw trial FIGURE_TRIAL; the
 # others pool or average over every trial.
 
-from cytodml.config import channel_indices
-
-FIGURE_TRIAL = 0
-FIGURE_POINTS = (
-    1500  # t-SNE and scatter plots: at most this many images, rare classes kept whole
-)
-BLOCK_POINTS = 800  # one t-SNE per loss x block: fewer images keep the grid within a minute on one core
-EXPERIMENT_FIGURES = ["latent", "blocks", "metrics", "training", "confidence"]
-LOSS_FIGURES = ["images", "confusion", "confusion_at_threshold", "similarity"]
-
-
-def figure_outputs(experiment):
-    """The PNG of every figure of one experiment (each job writes the PDF beside it), for rule all."""
-    settings = EXPERIMENTS[experiment]
-    names = EXPERIMENT_FIGURES + (
-        ["roc"] if settings["targets"] or settings["open_set"] else []
-    )
-    return [f"results/{experiment}/figures/{name}.png" for name in names] + [
-        f"results/{experiment}/figures/{loss}/{name}.png"
-        for loss in settings["losses"]
-        for name in LOSS_FIGURES
-    ]
-
-
-def figure_losses(wildcards):
-    """The experiment's losses, softmax baselines first, so that they sit beside the metric losses they are
-    compared with."""
-    losses = EXPERIMENTS[wildcards.experiment]["losses"]
-    return sorted(losses, key=lambda loss: LOSSES[loss]["type"] != "softmax")
-
-
-def per_loss(pattern):
-    """Input function: ``pattern`` for each loss of the experiment (in figure_losses order) at FIGURE_TRIAL."""
-    return lambda wildcards: [
-        pattern.format(experiment=wildcards.experiment, loss=loss, trial=FIGURE_TRIAL)
-        for loss in figure_losses(wildcards)
-    ]
-
-
-def loss_trials(wildcards):
-    """(loss, trial) of every training run of the experiment, in the order of per_loss_and_trial's files."""
-    return [
-        (loss, trial)
-        for loss in figure_losses(wildcards)
-        for trial in trials(wildcards.experiment)
-    ]
-
-
-def per_loss_and_trial(pattern):
-    return lambda wildcards: [
-        pattern.format(experiment=wildcards.experiment, loss=loss, trial=trial)
-        for loss, trial in loss_trials(wildcards)
-    ]
-
-
-def figure_channels(wildcards):
-    return channel_indices(
-        DATASETS[dataset_of(wildcards)]["channels"],
-        experiment_of(wildcards).get("channels"),
-    )
-
-
-def figure(name, title, subcategory, loss="all", labels=None):
-    """The PNG and PDF outputs of one figure; the PNG goes into the report, captioned by report/fig_{name}.rst and
-    labelled with its title and loss (or ``labels``)."""
-    where = "results/{experiment}/figures/" + ("{loss}/" if loss == "{loss}" else "")
-    return {
-        "png": report(
-            f"{where}{name}.png",
-            caption=f"../report/fig_{name}.rst",
-            category="{experiment}",
-            subcategory=subcategory,
-            labels=labels or {"figure": title, "loss": loss},
-        ),
-        "pdf": f"{where}{name}.pdf",
-    }
-
 
 rule figure_latent:
     input:
@@ -297,3 +220,26 @@ rule figure_similarity:
         seed=config["seed"],
     script:
         "../scripts/figure_similarity.py"
+
+
+rule experiment_config:
+    output:
+        report(
+            "results/{experiment}/config.yaml",
+            caption="../report/config.rst",
+            category="{experiment}",
+            subcategory="config",
+        ),
+    log:
+        "logs/{experiment}/config.log",
+    benchmark:
+        "results/benchmarks/{experiment}/config.tsv"
+    conda:
+        "../envs/report.yaml"
+    resources:
+        mem_mb=500,
+        runtime=5,
+    params:
+        record=experiment_config,
+    script:
+        "../scripts/experiment_config.py"

@@ -1,15 +1,828 @@
-"""Figures of the study, drawn with matplotlib's Agg canvas (no display needed), saved as PNG or PDF by suffix."""
+"""Figures of the study, drawn with matplotlib's Agg canvas (no display needed), saved as PNG or PDF by suffix.
 
-from pathlib import Path
+Every figure function takes plain arrays and tables (the workflow's files, read by the caller), writes the figure to
+``path`` (one path, or a list of paths: one file per format) and returns the :class:`~matplotlib.figure.Figure`. The
+look (palette, type sizes) is :mod:`cytodml.report.style`'s. Scatter plots of many images are thinned by
+:func:`balanced_subsample` and projected to the plane by :func:`project_2d`, so every figure stays cheap on a CPU.
+"""
+
+import itertools
+import math
+from collections.abc import Mapping, Sequence
 
 import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch, Rectangle
+from sklearn.manifold import TSNE
+from sklearn.metrics import roc_auc_score, roc_curve
+from threadpoolctl import threadpool_limits
 
 from cytodml.errors import InputError
+from cytodml.evaluate.classifiers import sklearn_seed
+from cytodml.evaluate.metrics import UNKNOWN_NAME
+from cytodml.learn.embed import BatchLoader, check_images, load_model
 from cytodml.io import atomic_path
+from cytodml.report.style import (
+    FIGURE_FORMATS,
+    HEAT,
+    KNOWN_COLOR,
+    NOVEL_COLOR,
+    UNKNOWN_COLOR,
+    colors,
+    figure_paths,
+    markers,
+    new_figure,
+    save,
+    styled,
+)
 
-FIGURE_FORMATS = {".png": "png", ".pdf": "pdf"}
+MAX_POINTS = 1500
+PROJECTIONS = ("auto", "tsne", "umap")
+UNSEEN_MARKERS = ("x", "+", "1", "2")
+BARS = (("multiclass", "mcc"), ("multiclass", "balanced_accuracy"), ("latent", "silhouette"))
+METRIC_NAMES = {"mcc": "MCC", "balanced_accuracy": "balanced accuracy", "map_at_r": "MAP@R", "auroc": "AUROC"}
+SCORED_SUBSETS = ("test", "unknown")
+
+
+# ------------------------------------------------------------------------------------------------- points and planes
+
+
+def balanced_subsample(groups, limit: int = MAX_POINTS, seed: int = 0) -> np.ndarray:
+    """Sorted row positions of at most ``limit`` rows, each group given as equal a share as its size allows.
+
+    The share is water-filled: groups smaller than an equal share keep every row and leave the rest to the larger
+    ones, so a rare class stays fully visible while a common one is thinned. Rows are drawn at random (``seed``).
+    """
+    groups = np.asarray(groups)
+    if len(groups) <= limit:
+        return np.arange(len(groups))
+    names, counts = np.unique(groups, return_counts=True)
+    quota, left = {}, limit
+    for position, index in enumerate(np.argsort(counts, kind="stable")):
+        quota[names[index]] = min(int(counts[index]), left // (len(names) - position))
+        left -= quota[names[index]]
+    rng = np.random.default_rng(seed)
+    drawn = [rng.choice(np.flatnonzero(groups == name), size=quota[name], replace=False) for name in names]
+    return np.sort(np.concatenate(drawn))
+
+
+def project_2d(
+    X, seed: int = 0, method: str = "auto", threads: int = 1, iterations: int = 1000
+) -> tuple[np.ndarray, str]:
+    """The rows of ``X`` (N x D) in the plane, and the name of the axes (``"latent"``, ``"t-SNE"`` or ``"UMAP"``).
+
+    ``auto``: a 2-D latent space is drawn as it is (Luo et al. 2021, Fig. 7); more dimensions go through UMAP
+    (McInnes et al. 2018) where umap-learn is installed, else t-SNE (van der Maaten & Hinton 2008) with PCA
+    initialisation, perplexity min(30, (N - 1) / 3) and ``iterations`` gradient steps (at least 250, the early
+    exaggeration phase). ``tsne`` and ``umap`` force a method.
+
+    The fit runs on ``threads`` threads: t-SNE's OpenMP gradient steps synchronise a thousand times, and on a machine
+    whose cores are all busy each synchronisation waits for a descheduled thread (measured on two busy cores: 40
+    points 0.3 s on one thread, 61 s on two; 1 500 points 18 s against 112 s).
+    """
+    X = np.asarray(X, dtype=np.float64)
+    if method not in PROJECTIONS:
+        raise InputError(f"projection method {method!r}: expected one of {', '.join(PROJECTIONS)}")
+    if X.ndim != 2 or not np.isfinite(X).all():
+        raise InputError(f"points to project must be a finite N x D array, got shape {X.shape}")
+    if method == "auto" and X.shape[1] == 2:
+        return X, "latent"
+    if len(X) < 5:
+        raise InputError(f"a 2-D projection needs at least 5 points, got {len(X)}")
+    if method in ("auto", "umap"):
+        try:
+            import umap
+        except ImportError:
+            if method == "umap":
+                raise InputError("projection method 'umap' needs the umap-learn package") from None
+        else:
+            reducer = umap.UMAP(n_components=2, n_neighbors=min(15, len(X) - 1), random_state=sklearn_seed(seed))
+            with threadpool_limits(threads):
+                return reducer.fit_transform(X), "UMAP"
+    tsne = TSNE(
+        n_components=2,
+        perplexity=min(30.0, (len(X) - 1) / 3),
+        init="pca",
+        max_iter=iterations,
+        random_state=sklearn_seed(seed),
+    )
+    with threadpool_limits(threads):
+        return tsne.fit_transform(X), "t-SNE"
+
+
+def _class_styles(names, unseen: Sequence[str] = ()) -> dict[str, dict]:
+    """Colour, marker and legend label per class of ``names``: the known ones (sorted) from the palette, the unseen
+    (open-set) ones grey, each with its own marker."""
+    present = set(names)
+    known = sorted(present - set(unseen))
+    unseen = [name for name in unseen if name in present]
+    palette, shapes = colors(known), markers(known)
+    styles = {name: {"color": palette[name], "marker": shapes[name], "label": name} for name in known}
+    for number, name in enumerate(unseen):
+        marker = UNSEEN_MARKERS[number % len(UNSEEN_MARKERS)]
+        styles[name] = {"color": UNKNOWN_COLOR, "marker": marker, "label": f"{name} (unseen)"}
+    return styles
+
+
+def _scatter_classes(ax, xy: np.ndarray, names: np.ndarray, styles: dict) -> None:
+    """One scatter per class, the most numerous first, so rare classes are drawn on top."""
+    present = [name for name in styles if (names == name).any()]
+    for name in sorted(present, key=lambda name: -np.count_nonzero(names == name)):
+        style, rows = styles[name], names == name
+        filled = style["marker"] not in UNSEEN_MARKERS
+        ax.scatter(
+            xy[rows, 0],
+            xy[rows, 1],
+            s=7,
+            c=style["color"],
+            marker=style["marker"],
+            linewidths=0 if filled else 0.7,
+            alpha=0.8,
+            rasterized=True,  # thousands of points: a PDF stays small and fast to open
+        )
+
+
+def _class_legend(figure, styles: dict, present) -> None:
+    present = set(present)
+    handles = [
+        Line2D([], [], ls="", marker=s["marker"], color=s["color"], markersize=5, label=s["label"])
+        for name, s in styles.items()
+        if name in present
+    ]
+    figure.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 6), markerscale=1.2)
+
+
+def _require(table: pd.DataFrame, columns, what: str) -> None:
+    missing = [column for column in columns if column not in table.columns]
+    if missing:
+        raise InputError(f"{what}: missing column(s) {missing}")
+
+
+def _axis_names(method: str) -> tuple[str, str]:
+    return f"{method} 1", f"{method} 2"
+
+
+def _grid(figure, panels: int, columns: int):
+    """``panels`` axes in rows of ``columns``; axes past the last panel are hidden."""
+    rows = math.ceil(panels / columns)
+    axes = figure.subplots(rows, columns, squeeze=False).ravel()
+    for ax in axes[panels:]:
+        ax.set_axis_off()
+    return axes[:panels]
+
+
+# ------------------------------------------------------------------------------------------------------ latent space
+
+
+@styled
+def latent_space(
+    embeddings: Mapping[str, pd.DataFrame],
+    path,
+    limit: int = MAX_POINTS,
+    seed: int = 0,
+    method: str = "auto",
+    columns: int = 5,
+    threads: int = 1,
+):
+    """One panel per loss: the test and open-set images in the latent space (Luo et al. 2021, Fig. 7).
+
+    ``embeddings`` maps a loss to the embed stage's table of one trial (``subset``, ``class_name``, ``embedding``),
+    in the order the panels take (put the softmax baseline first to set it beside the metric losses). Each table is
+    thinned by :func:`balanced_subsample` to ``limit`` rows; a latent space of more than two dimensions is projected
+    by :func:`project_2d`, whose method names the axes.
+    """
+    figure_paths(path)
+    if not embeddings:
+        raise InputError("latent_space: no embeddings given")
+    for loss, table in embeddings.items():
+        _require(table, ("subset", "class_name", "embedding"), f"embeddings of loss {loss!r}")
+    scored = pd.concat([table[table["subset"].isin(SCORED_SUBSETS)] for table in embeddings.values()])
+    styles = _class_styles(scored["class_name"], sorted(set(scored.loc[scored["subset"] == "unknown", "class_name"])))
+    columns = min(columns, len(embeddings))
+    figure = new_figure(2.3 * columns, 2.3 * math.ceil(len(embeddings) / columns) + 0.5)
+    for ax, (loss, table) in zip(_grid(figure, len(embeddings), columns), embeddings.items()):
+        shown = table[table["subset"].isin(SCORED_SUBSETS)]
+        if shown.empty:
+            raise InputError(f"embeddings of loss {loss!r}: no test or unknown rows to draw")
+        shown = shown.iloc[balanced_subsample(shown["class_name"].to_numpy(), limit, seed)]
+        X = np.stack(shown["embedding"].to_numpy())
+        xy, name = project_2d(X, seed=seed, method=method, threads=threads)
+        _scatter_classes(ax, xy, shown["class_name"].to_numpy(), styles)
+        ax.set_title(loss if name == "latent" else f"{loss} ({X.shape[1]}-D)")
+        ax.set_xlabel(_axis_names(name)[0])
+        ax.set_ylabel(_axis_names(name)[1])
+        if name == "latent":
+            ax.set_aspect("equal", adjustable="datalim")  # distances are what the losses shape
+        else:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    _class_legend(figure, styles, styles)
+    return save(figure, path)
+
+
+@styled
+def block_tsne(
+    features: Mapping[str, Mapping[str, np.ndarray]],
+    class_names,
+    path,
+    unseen: Sequence[str] = (),
+    seed: int = 0,
+    method: str = "tsne",
+    threads: int = 1,
+    iterations: int = 500,
+):
+    """A row per network, a column per block: the pooled block features projected to the plane (Luo et al. 2021,
+    Fig. 8, t-SNE of each residual block of the Siamese and the softmax network).
+
+    ``features`` maps a loss to ``{block name: N x F}`` (:func:`cytodml.learn.embed.embed` with ``blocks=True``), all
+    over the same N images, whose classes are ``class_names``; ``unseen`` names the open-set classes among them.
+    A grid holds many projections, so each t-SNE takes ``iterations`` steps (500: half the usual, about the same
+    picture for a few hundred images at half the time).
+    """
+    figure_paths(path)
+    names = np.asarray(class_names)
+    if not features:
+        raise InputError("block_tsne: no block features given")
+    for loss, blocks in features.items():
+        for block, values in blocks.items():
+            if len(values) != len(names):
+                raise InputError(f"block_tsne: {loss} {block} has {len(values)} rows for {len(names)} class names")
+    styles = _class_styles(names, sorted(unseen))
+    columns = max(len(blocks) for blocks in features.values())
+    figure = new_figure(2.0 * columns, 2.0 * len(features) + 0.5)
+    axes = figure.subplots(len(features), columns, squeeze=False)
+    for row, (loss, blocks) in enumerate(features.items()):
+        for column, ax in enumerate(axes[row]):
+            if column >= len(blocks):
+                ax.set_axis_off()
+                continue
+            block, values = list(blocks.items())[column]
+            xy, name = project_2d(values, seed=seed, method=method, threads=threads, iterations=iterations)
+            _scatter_classes(ax, xy, names, styles)
+            ax.set_title(f"{loss}: {block} ({values.shape[1]})")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_xlabel(_axis_names(name)[0])
+            ax.set_ylabel(_axis_names(name)[1])
+    _class_legend(figure, styles, set(names))
+    return save(figure, path)
+
+
+@styled
+def image_tsne(
+    images: np.ndarray,
+    embedding,
+    class_names,
+    path,
+    unseen: Sequence[str] = (),
+    cells: int = 20,
+    seed: int = 0,
+    method: str = "auto",
+    title: str = "",
+    threads: int = 1,
+):
+    """Thumbnails at their embedded positions (Medela & Picon 2020, Fig. 5): the plane is cut into ``cells`` x
+    ``cells`` squares and each occupied square shows the image nearest its centre, framed in its class colour.
+
+    ``images`` (N x C x S x S) are the images of the ``embedding`` rows (N x D, projected by :func:`project_2d`).
+    """
+    figure_paths(path)
+    names = np.asarray(class_names)
+    if not (len(images) == len(names) == len(embedding)):
+        raise InputError(
+            f"image_tsne: {len(images)} images, {len(embedding)} embeddings and {len(names)} class names differ"
+        )
+    xy, name = project_2d(np.asarray(embedding), seed=seed, method=method, threads=threads)
+    low, high = xy.min(axis=0), xy.max(axis=0)
+    cell = np.maximum(high - low, 1e-9) / cells
+    square = np.minimum(((xy - low) / cell).astype(int), cells - 1)
+    centre_distance = np.linalg.norm((xy - low) / cell - (square + 0.5), axis=1)
+    order = np.lexsort((centre_distance, square[:, 1], square[:, 0]))
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = np.any(square[order][1:] != square[order][:-1], axis=1)
+    shown = order[first]
+
+    styles = _class_styles(names, sorted(unseen))
+    figure = new_figure(7.5, 8.0)
+    ax = figure.subplots()
+    for row in shown:
+        thumbnail = _display(np.asarray(images[row]))
+        aspect = thumbnail.shape[1] / thumbnail.shape[0]
+        x0, y0 = low + square[row] * cell
+        width, height = cell[0] * 0.92, cell[1] * 0.92 / aspect
+        ax.imshow(
+            thumbnail, cmap="gray", vmin=0, vmax=1, extent=(x0, x0 + width, y0, y0 + height), interpolation="none"
+        )
+        ax.add_patch(Rectangle((x0, y0), width, height, fill=False, edgecolor=styles[names[row]]["color"], lw=1.2))
+    ax.set_xlim(low[0], low[0] + cells * cell[0])
+    ax.set_ylim(low[1], low[1] + cells * cell[1])
+    ax.set_aspect("auto")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.set_xlabel(_axis_names(name)[0])
+    ax.set_ylabel(_axis_names(name)[1])
+    ax.set_title(f"{title}{': ' if title else ''}{len(shown)} of {len(names)} images at their {name} positions")
+    handles = [Patch(fill=False, edgecolor=s["color"], lw=1.5, label=s["label"]) for n, s in styles.items()]
+    figure.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 6))
+    return save(figure, path)
+
+
+# -------------------------------------------------------------------------------------------------------- evaluation
+
+
+def _class_order(confusion: pd.DataFrame) -> list[str]:
+    """Known classes sorted, then ``unknown`` (the open-set row and the rejected column), where it holds counts."""
+    names = set(confusion["actual"]) | set(confusion["predicted"])
+    order = sorted(names - {UNKNOWN_NAME})
+    unknown = (confusion["actual"] == UNKNOWN_NAME) | (confusion["predicted"] == UNKNOWN_NAME)
+    if (confusion.loc[unknown, "count"] > 0).any():
+        order.append(UNKNOWN_NAME)
+    return order
+
+
+def _heatmap(ax, values: np.ndarray, labels: list[str], text: list[list[str]], vmax: float) -> None:
+    ax.imshow(values, vmin=0, vmax=vmax, aspect="equal")
+    for i, j in np.ndindex(values.shape):
+        dark = not np.isnan(values[i, j]) and values[i, j] < 0.5 * vmax
+        ax.text(j, i, text[i][j], ha="center", va="center", fontsize=6, color="white" if dark else "black")
+    ticks = np.arange(len(labels))
+    ax.set_xticks(ticks, labels, rotation=45, ha="right", rotation_mode="anchor")
+    ax.set_yticks(ticks, labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("actual")
+    ax.tick_params(length=0)
+    ax.spines[:].set_visible(False)
+
+
+@styled
+def confusion_heatmaps(confusion: pd.DataFrame, path, title: str = ""):
+    """Per classifier (a column), the confusion matrix as counts (top) and row-normalised to percent of each actual
+    class (below).
+
+    ``confusion`` holds one loss and view of the aggregate stage's ``confusion.csv`` (``classifier``, ``actual``,
+    ``predicted``, ``count``, summed over trials). An ``unknown`` row and column are shown where they hold counts
+    (open-set images, images rejected below the threshold).
+    """
+    figure_paths(path)
+    _require(confusion, ("classifier", "actual", "predicted", "count"), "confusion table")
+    if confusion.empty:
+        raise InputError("confusion table: no rows")
+    classifiers = list(dict.fromkeys(confusion["classifier"]))
+    classes = _class_order(confusion)
+    side = 0.28 * len(classes)
+    figure = new_figure((side + 0.3) * len(classifiers) + 1.2, 2 * side + 2.0 + (0.3 if title else 0))
+    axes = figure.subplots(2, len(classifiers), squeeze=False)
+    for count_ax, rate_ax, classifier in zip(axes[0], axes[1], classifiers):
+        rows = confusion[confusion["classifier"] == classifier]
+        counts = (
+            rows.pivot_table(index="actual", columns="predicted", values="count", aggfunc="sum", fill_value=0)
+            .reindex(index=classes, columns=classes, fill_value=0)
+            .to_numpy(float)
+        )
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rates = 100 * counts / counts.sum(axis=1, keepdims=True)
+        _heatmap(count_ax, counts, classes, [[f"{v:.0f}" for v in row] for row in counts], max(counts.max(), 1))
+        _heatmap(rate_ax, rates, classes, [["" if np.isnan(v) else f"{v:.0f}" for v in row] for row in rates], 100)
+        count_ax.set_title(f"{classifier}: counts")
+        rate_ax.set_title(f"{classifier}: % of actual class")
+        count_ax.tick_params(labelbottom=False)
+        count_ax.set_xlabel("")
+    for ax in axes[:, 1:].ravel():
+        ax.tick_params(labelleft=False)
+        ax.set_ylabel("")
+    if title:
+        figure.suptitle(title)
+    return save(figure, path)
+
+
+def _metric_name(metric: str) -> str:
+    return METRIC_NAMES.get(metric, metric.replace("_", " "))
+
+
+@styled
+def metric_bars(aggregated: pd.DataFrame, path, metrics: Sequence[tuple[str, str]] = BARS):
+    """A panel per (view, metric): a bar per loss (colour) and classifier (group), mean with +- one standard
+    deviation over trials (Gupta et al. 2019, Fig. 5, MCC and balanced accuracy per method).
+
+    ``aggregated`` is the aggregate stage's long table (``loss``, ``classifier``, ``view``, ``metric``, ``mean``,
+    ``std``); metrics it lacks are skipped.
+    """
+    figure_paths(path)
+    _require(aggregated, ("loss", "classifier", "view", "metric", "mean", "std"), "aggregated table")
+    panels = [
+        (view, metric)
+        for view, metric in metrics
+        if ((aggregated["view"] == view) & (aggregated["metric"] == metric)).any()
+    ]
+    if not panels:
+        raise InputError(f"aggregated table: none of the metrics {list(metrics)} is present")
+    losses = list(dict.fromkeys(aggregated["loss"]))
+    palette = colors(losses)
+    widths = []
+    for view, metric in panels:
+        rows = aggregated[(aggregated["view"] == view) & (aggregated["metric"] == metric)]
+        widths.append(max(1.6, 0.18 * len(rows) + 0.8))
+    figure = new_figure(sum(widths), 2.6)
+    axes = figure.subplots(1, len(panels), squeeze=False, width_ratios=widths)[0]
+    bar = 0.8 / len(losses)
+    for ax, (view, metric) in zip(axes, panels):
+        rows = aggregated[(aggregated["view"] == view) & (aggregated["metric"] == metric)]
+        classifiers = list(dict.fromkeys(rows["classifier"]))
+        for group, classifier in enumerate(classifiers):
+            # centred on the losses this classifier has (the softmax classifier exists for softmax losses only)
+            of_classifier = (
+                rows[rows["classifier"] == classifier].set_index("loss").reindex(losses).dropna(subset="mean")
+            )
+            offsets = (np.arange(len(of_classifier)) - (len(of_classifier) - 1) / 2) * bar
+            ax.bar(
+                group + offsets,
+                of_classifier["mean"],
+                bar,
+                yerr=of_classifier["std"].fillna(0),
+                color=[palette[loss] for loss in of_classifier.index],
+                capsize=1.5,
+                error_kw={"elinewidth": 0.7, "capthick": 0.7},
+            )
+        ax.axhline(0, color="black", lw=0.5)
+        ax.set_xticks(np.arange(len(classifiers)), classifiers, rotation=30, ha="right", rotation_mode="anchor")
+        ax.set_ylabel(_metric_name(metric))
+        ax.set_title(f"{_metric_name(metric)} ({view})")
+    handles = [Patch(color=palette[loss], label=loss) for loss in losses]
+    figure.legend(handles=handles, loc="outside lower center", ncols=min(len(losses), 6))
+    return save(figure, path)
+
+
+@styled
+def training_curves(history: pd.DataFrame, path):
+    """A column per loss: training and validation loss per epoch (top), the validation metric (below).
+
+    ``history`` is the train stage's ``history.csv`` of every trial stacked with ``loss`` and ``trial`` columns; each
+    trial is a thin line, the mean over the trials that reached an epoch a thick one.
+    """
+    figure_paths(path)
+    _require(history, ("loss", "trial", "epoch", "train_loss", "val_loss"), "training history")
+    if history.empty:
+        raise InputError("training history: no rows")
+    metrics = [c for c in history.columns if c.startswith("val_") and c != "val_loss"]
+    losses = list(dict.fromkeys(history["loss"]))
+    figure = new_figure(2.1 * len(losses), 1.8 * (1 + len(metrics)) + 0.4)
+    axes = figure.subplots(1 + len(metrics), len(losses), squeeze=False)
+    curves = [("train_loss", "training", KNOWN_COLOR), ("val_loss", "validation", NOVEL_COLOR)]
+    for column, loss in enumerate(losses):
+        of_loss = history[history["loss"] == loss]
+        for row, series in enumerate([curves, *[[(m, "validation", NOVEL_COLOR)] for m in metrics]]):
+            ax = axes[row, column]
+            for name, _, color in series:
+                for _, trial in of_loss.groupby("trial"):
+                    ax.plot(trial["epoch"], trial[name], color=color, lw=0.6, alpha=0.35)
+                mean = of_loss.groupby("epoch")[name].mean()
+                ax.plot(mean.index, mean.to_numpy(), color=color, lw=1.5)
+            if column == 0:
+                ax.set_ylabel("loss" if row == 0 else f"validation {_metric_name(series[0][0][4:])}")
+            if row == len(metrics):
+                ax.set_xlabel("epoch")
+            ax.xaxis.get_major_locator().set_params(integer=True)
+            if row > 0 and column > 0:
+                ax.sharey(axes[row, 0])  # the same metric for every loss: one scale to compare them on
+        axes[0, column].set_title(loss)
+    handles = [Line2D([], [], color=color, lw=1.5, label=label) for _, label, color in curves]
+    figure.legend(handles=handles, loc="outside lower center", ncols=2)
+    return save(figure, path)
+
+
+def mean_thresholds(aggregated: pd.DataFrame) -> dict[tuple[str, str], float]:
+    """(loss, classifier) -> the confidence threshold of the open-set view, mean over trials (the aggregated table's
+    ``threshold`` metric: the configured one, or the one chosen on validation per trial)."""
+    _require(aggregated, ("loss", "classifier", "view", "metric", "mean"), "aggregated table")
+    rows = aggregated[(aggregated["view"] == "open_set") & (aggregated["metric"] == "threshold")]
+    return {(loss, classifier): float(mean) for loss, classifier, mean in rows[["loss", "classifier", "mean"]].values}
+
+
+def _rows_of(predictions: pd.DataFrame, loss: str, classifier: str) -> pd.DataFrame:
+    return predictions[(predictions["loss"] == loss) & (predictions["classifier"] == classifier)]
+
+
+@styled
+def confidence_histograms(
+    predictions: pd.DataFrame, path, thresholds: Mapping[tuple[str, str], float] | None = None, bins: int = 25
+):
+    """A row per loss, a column per classifier: the confidence of known test images against that of images of
+    classes never trained on, each as a fraction of its images; a dashed line at the threshold.
+
+    ``predictions`` is the evaluate stage's ``predictions.parquet`` with a ``loss`` column (trials may be stacked);
+    the ``softmax`` classifier is the softmax network's own maximum probability. ``thresholds`` maps (loss,
+    classifier) to the confidence threshold.
+    """
+    figure_paths(path)
+    _require(predictions, ("loss", "classifier", "subset", "confidence"), "predictions")
+    if predictions.empty:
+        raise InputError("predictions: no rows")
+    thresholds = thresholds or {}
+    losses = list(dict.fromkeys(predictions["loss"]))
+    classifiers = list(dict.fromkeys(predictions["classifier"]))
+    figure = new_figure(1.9 * len(classifiers), 1.5 * len(losses) + 0.4)
+    axes = figure.subplots(len(losses), len(classifiers), squeeze=False)
+    edges = np.linspace(0, 1, bins + 1)
+    groups = [("test", "known classes (test)", KNOWN_COLOR), ("unknown", "unseen classes", NOVEL_COLOR)]
+    drawn = set()
+    for (row, loss), (column, classifier) in itertools.product(enumerate(losses), enumerate(classifiers)):
+        ax, rows = axes[row, column], _rows_of(predictions, loss, classifier)
+        if rows.empty:
+            ax.set_axis_off()
+            continue
+        for subset, label, color in groups:
+            confidence = rows.loc[rows["subset"] == subset, "confidence"].to_numpy()
+            if len(confidence):
+                weights = np.full(len(confidence), 1 / len(confidence))
+                ax.hist(confidence, edges, weights=weights, histtype="stepfilled", fc=color, alpha=0.35)
+                ax.hist(confidence, edges, weights=weights, histtype="step", ec=color, lw=1.0)
+                drawn.add(label)
+        if (loss, classifier) in thresholds:
+            ax.axvline(thresholds[(loss, classifier)], color="black", ls="--", lw=0.8)
+        ax.set_xlim(0, 1)
+        ax.set_xticks([0, 0.5, 1])
+        ax.set_title(f"{loss} / {classifier}")
+        ax.set_xlabel("confidence")
+        if column == 0:
+            ax.set_ylabel("fraction of images")
+    handles = [Patch(fc=color, ec=color, alpha=0.6, label=label) for _, label, color in groups if label in drawn]
+    if thresholds:
+        handles.append(Line2D([], [], color="black", ls="--", lw=0.8, label="threshold"))
+    figure.legend(handles=handles, loc="outside lower center", ncols=len(handles))
+    return save(figure, path)
+
+
+def _roc_panel(ax, curves: list[tuple[str, np.ndarray, np.ndarray, float | None]], palette: dict) -> None:
+    """ROC curves of (loss, positive flags, scores, threshold), AUC in the legend, the operating point marked."""
+    ax.plot([0, 1], [0, 1], color=UNKNOWN_COLOR, ls=":", lw=0.8)
+    for loss, positive, score, threshold in curves:
+        if positive.all() or not positive.any():
+            continue
+        fpr, tpr, _ = roc_curve(positive, score)
+        ax.plot(fpr, tpr, color=palette[loss], lw=1.2, label=f"{loss} ({roc_auc_score(positive, score):.2f})")
+        if threshold is not None:
+            called = score >= threshold
+            ax.plot(called[~positive].mean(), called[positive].mean(), "o", color=palette[loss], ms=3.5)
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_aspect("equal")
+    legend = ax.legend(loc="best", fontsize=6, handlelength=1.2, title="AUC", title_fontsize=6, frameon=True)
+    legend.get_frame().set(edgecolor="none", alpha=0.8)
+
+
+@styled
+def roc_curves(
+    predictions: pd.DataFrame,
+    path,
+    target_labels: Sequence[int] = (),
+    thresholds: Mapping[tuple[str, str], float] | None = None,
+):
+    """ROC curves per classifier (a column), one line per loss, pooled over the stacked trials; a dot at the threshold.
+
+    Top row, with ``target_labels``: rare-target detection as the spiked samples see it, on test and open-set
+    images (Luo et al. 2021): an image is called a target when its predicted class is a target and its confidence
+    reaches the threshold, swept from 1 to 0 (the score of an image predicted a non-target is 0). Bottom row, where
+    there are open-set images: known test images accepted against unseen-class images accepted as the confidence
+    threshold is swept. ``predictions`` as for :func:`confidence_histograms`, with ``label`` and ``predicted``.
+    """
+    figure_paths(path)
+    _require(predictions, ("loss", "classifier", "subset", "label", "predicted", "confidence"), "predictions")
+    sample = predictions[predictions["subset"].isin(SCORED_SUBSETS)]
+    views = []
+    if len(target_labels) and sample["label"].isin(target_labels).any():
+        views.append(("target", "non-targets called a target", "targets detected (sensitivity)"))
+    if (sample["subset"] == "unknown").any():
+        views.append(("open_set", "unseen-class images accepted", "known images accepted"))
+    if not views:
+        raise InputError("roc_curves: no target images and no open-set images among the predictions")
+    thresholds = thresholds or {}
+    losses = list(dict.fromkeys(sample["loss"]))
+    classifiers = list(dict.fromkeys(sample["classifier"]))
+    palette = colors(losses)
+    figure = new_figure(2.4 * len(classifiers), 2.9 * len(views))
+    axes = figure.subplots(len(views), len(classifiers), squeeze=False)
+    for row, (view, xlabel, ylabel) in enumerate(views):
+        for column, classifier in enumerate(classifiers):
+            curves = []
+            for loss in losses:
+                rows = _rows_of(sample, loss, classifier)
+                if view == "target":
+                    positive = rows["label"].isin(target_labels).to_numpy()
+                    score = np.where(rows["predicted"].isin(target_labels), rows["confidence"], 0.0)
+                else:
+                    positive = (rows["subset"] == "test").to_numpy()
+                    score = rows["confidence"].to_numpy()
+                curves.append((loss, positive, score, thresholds.get((loss, classifier))))
+            ax = axes[row, column]
+            _roc_panel(ax, curves, palette)
+            ax.set_title(f"{classifier}: {'target detection' if view == 'target' else 'open set'}")
+            ax.set_xlabel(xlabel)
+            if column == 0:
+                ax.set_ylabel(ylabel)
+    return save(figure, path)
+
+
+# --------------------------------------------------------------------------------------------------- similarity maps
+
+
+def nearest_prototype_cases(
+    table: pd.DataFrame, per_outcome: int = 6, seed: int = 0
+) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
+    """Test images classified by their nearest class prototype, and up to ``per_outcome`` correct and wrong cases.
+
+    A prototype is the mean training embedding of a class (Snell et al. 2017; the centroid classifier of Luo et al.
+    2021). ``table`` is the embed stage's table of one trial; test images of classes without training images are
+    left out. Cases are drawn at random (``seed``), taking the
+    classes in turn so that every class shows; columns ``index``, ``class_name``, ``called`` (the nearest
+    prototype's class), ``distance`` (to it), ``own_distance`` (to the prototype of its own class) and ``correct``.
+    Returns the cases (correct ones first) and ``{class name: prototype}``.
+    """
+    _require(table, ("index", "subset", "class_name", "embedding"), "embeddings")
+    train, test = table[table["subset"] == "train"], table[table["subset"] == "test"]
+    if train.empty or test.empty:
+        raise InputError("embeddings: prototypes need 'train' rows and cases need 'test' rows")
+    if not test["class_name"].isin(train["class_name"]).any():
+        raise InputError("embeddings: no 'test' row is of a class with 'train' rows")
+    names = sorted(set(train["class_name"]))
+    test = test[test["class_name"].isin(names)]
+    prototypes = {name: np.stack(train.loc[train["class_name"] == name, "embedding"].to_numpy()).mean(axis=0)
+                  for name in names}  # fmt: skip
+    X = np.stack(test["embedding"].to_numpy())
+    distances = np.linalg.norm(X[:, None, :] - np.stack(list(prototypes.values()))[None], axis=2)
+    nearest = distances.argmin(axis=1)
+    own = np.searchsorted(names, test["class_name"].to_numpy())
+    rows = np.arange(len(X))
+    scored = pd.DataFrame(
+        {
+            "index": test["index"].to_numpy(),
+            "class_name": test["class_name"].to_numpy(),
+            "called": np.asarray(names)[nearest],
+            "distance": distances[rows, nearest],
+            "own_distance": distances[rows, own],
+            "correct": nearest == own,
+        }
+    )
+    rng = np.random.default_rng(seed)
+    picked = []
+    for correct in (True, False):
+        pools = [
+            list(rng.permutation(np.flatnonzero((scored["correct"] == correct) & (scored["class_name"] == name))))
+            for name in names
+        ]
+        chosen = []
+        while len(chosen) < per_outcome and any(pools):
+            chosen += [pool.pop() for pool in pools if pool][: per_outcome - len(chosen)]
+        picked += chosen
+    return scored.iloc[picked].reset_index(drop=True), prototypes
+
+
+def _cam_layer(network, in_channels: int, image_size: int, min_side: int) -> str:
+    """The deepest block whose output is at least ``min_side`` pixels wide, else the first spatial block; ``input``
+    where no block keeps a spatial map (a backbone that pools inside)."""
+    shapes = {}
+    with torch.no_grad():
+        x = torch.zeros(1, in_channels, image_size, image_size)
+        for name, block in network.blocks.items():
+            x = block(x)
+            shapes[name] = tuple(x.shape)
+    spatial = [name for name, shape in shapes.items() if len(shape) == 4]
+    if not spatial:
+        return "input"
+    wide = [name for name in spatial if min(shapes[name][2:]) >= min_side]
+    return wide[-1] if wide else spatial[0]
+
+
+def similarity_maps(
+    model, images: np.ndarray, prototypes: np.ndarray, layer: str | None = None, min_side: int = 6, batch_size: int = 64
+) -> tuple[np.ndarray, str]:
+    """Which regions of each image pulled its embedding towards a prototype: Grad-CAM (Selvaraju et al. 2017) of
+    the similarity s = -||f(x) - p||, in the spirit of the class-activation maps of a Siamese twin's distance in
+    the blood-cell study.
+
+    With A the output of block ``layer`` (channels k, positions ij), the weights a_k = mean_ij ds/dA_kij and the map
+    relu(sum_k a_k A_k), bilinearly resized to the image and divided by its maximum: 1 marks the regions whose
+    features most brought the image closer to ``p``. ``layer`` defaults to the deepest block still at least
+    ``min_side`` pixels wide. Where no block keeps a spatial map, the map is the input gradient's largest absolute
+    value over channels (a saliency map).
+
+    ``model`` is a model file, bundle or the triple of :func:`~cytodml.learn.embed.load_model`; ``images`` N x C x
+    S x S in the training dtype; ``prototypes`` N x D, the point each image is compared to. Returns the N x S x S
+    maps and the layer's name.
+    """
+    network, _, bundle = model if isinstance(model, tuple) else load_model(model)
+    check_images(images, bundle)
+    prototypes = np.asarray(prototypes, dtype=np.float32)
+    if prototypes.shape != (len(images), bundle["embedding_dim"]):
+        raise InputError(
+            f"similarity_maps: prototypes of shape {prototypes.shape}, expected {(len(images), bundle['embedding_dim'])}"
+        )
+    size = bundle["image_size"]
+    if layer is None:
+        layer = _cam_layer(network, bundle["in_channels"], size, min_side)
+    elif layer != "input" and layer not in network.blocks:
+        raise InputError(f"similarity_maps: layer {layer!r} is not one of {['input', *network.blocks]}")
+    network = network.cpu().float().eval()
+    loader = BatchLoader(images, bundle["normalization"], torch.device("cpu"))
+    maps = []
+    with torch.enable_grad():
+        for start in range(0, len(images), batch_size):
+            x = loader(np.arange(start, min(start + batch_size, len(images)))).contiguous().requires_grad_(True)
+            activation, h = x, x
+            for name, block in network.blocks.items():
+                h = block(h)
+                if name == layer:
+                    activation = h
+            target = torch.from_numpy(prototypes[start : start + len(x)])
+            similarity = -(network.embedding(h) - target).norm(dim=1)
+            (gradient,) = torch.autograd.grad(similarity.sum(), activation)
+            if layer == "input":
+                cam = gradient.abs().amax(dim=1)
+            else:
+                cam = F.relu((gradient.mean(dim=(2, 3), keepdim=True) * activation).sum(dim=1))
+            cam = F.interpolate(cam[:, None].detach(), size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+            peak = cam.flatten(1).amax(dim=1).clamp_min(1e-12)
+            maps.append((cam / peak[:, None, None]).numpy())
+    return np.concatenate(maps), layer
+
+
+def _overlay(ax, image: np.ndarray, cam: np.ndarray | None) -> None:
+    display = _display(image)
+    ax.imshow(display, cmap="gray", vmin=0, vmax=1)
+    if cam is not None:
+        cam = np.tile(cam, (1, display.shape[1] // cam.shape[1]))
+        ax.imshow(cam, cmap=HEAT, vmin=0, vmax=1, alpha=0.75 * cam)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.spines[:].set_visible(False)
+
+
+@styled
+def similarity_grid(
+    images: np.ndarray,
+    cases: pd.DataFrame,
+    called_maps: np.ndarray,
+    own_maps: np.ndarray,
+    path,
+    layer: str = "",
+    title: str = "",
+):
+    """Correctly and wrongly classified images beside their similarity maps (:func:`similarity_maps`), a case per
+    column: correct cases with the map towards their class prototype; wrong ones with the map towards the prototype
+    they were called, and towards their own class's.
+
+    ``cases`` as :func:`nearest_prototype_cases` returns them, ``images`` (N x C x S x S) and the maps (N x S x S)
+    in its row order.
+    """
+    figure_paths(path)
+    _require(cases, ("class_name", "called", "distance", "own_distance", "correct"), "cases")
+    if not (len(images) == len(cases) == len(called_maps) == len(own_maps)) or cases.empty:
+        raise InputError(
+            f"similarity_grid: {len(images)} images, {len(cases)} cases and {len(called_maps)} / {len(own_maps)} maps; "
+            "expected the same non-zero number"
+        )
+    correct = np.flatnonzero(cases["correct"].to_numpy())
+    wrong = np.flatnonzero(~cases["correct"].to_numpy())
+    sections = []
+    if len(correct):
+        sections += [("correct", correct, None), ("to its class", correct, called_maps)]
+    if len(wrong):
+        sections += [
+            ("wrong", wrong, None),
+            ("to the called class", wrong, called_maps),
+            ("to its class", wrong, own_maps),
+        ]
+    columns = max(len(correct), len(wrong))
+    aspect = _display(np.asarray(images[0])).shape[1] / images.shape[-1]
+    figure = new_figure(1.3 * aspect * columns + 0.6, 1.35 * len(sections) + (0.3 if title else 0))
+    axes = figure.subplots(len(sections), columns, squeeze=False)
+    for ax_row, (label, rows, maps) in zip(axes, sections):
+        for column, ax in enumerate(ax_row):
+            if column >= len(rows):
+                ax.set_axis_off()
+                continue
+            case = cases.iloc[rows[column]]
+            _overlay(ax, np.asarray(images[rows[column]]), None if maps is None else maps[rows[column]])
+            if maps is None:
+                ax.set_title(
+                    case["class_name"] if case["correct"] else f"{case['class_name']}\ncalled {case['called']}"
+                )
+            elif maps is own_maps:
+                ax.set_title(f"d = {case['own_distance']:.2f}", fontsize=7)
+            else:
+                ax.set_title(f"d = {case['distance']:.2f}", fontsize=7)
+        ax_row[0].set_ylabel(label)
+        ax_row[0].set_axis_on()
+    if title or layer:
+        figure.suptitle(title + (f" (Grad-CAM at {layer})" if layer else ""))
+    return save(figure, path)
+
+
+# ---------------------------------------------------------------------------------------------------------- montages
 
 
 def class_montage(images: np.ndarray, class_names: list[str], path, per_class: int = 8, seed: int = 0) -> None:
@@ -19,9 +832,7 @@ def class_montage(images: np.ndarray, class_names: list[str], path, per_class: i
     stretched per channel to its 1st..99th percentile; three channels show as RGB, any other count as grey panels
     side by side.
     """
-    path = Path(path)
-    if path.suffix.lower() not in FIGURE_FORMATS:
-        raise InputError(f"{path}: figure format must be one of {sorted(FIGURE_FORMATS)}")
+    (path,) = figure_paths(path)
     names = np.asarray(class_names, dtype=object)
     if len(names) != len(images):
         raise InputError(f"class_montage: {len(names)} class names for {len(images)} images")
