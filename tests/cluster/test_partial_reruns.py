@@ -29,10 +29,17 @@ def trial_jobs(rules, losses=LOSSES, trials=TRIALS, experiment=EXPERIMENT):
     return jobs
 
 
-def plan(workdir, *args, config=TINY) -> list[tuple[str, str]]:
-    """Sorted (rule, wildcards) of every job a dry run plans, ``all`` left out."""
+def is_figure(rule: str) -> bool:
+    return rule.startswith("figure_") or rule == "experiment_config"
+
+
+def plan(workdir, *args, config=TINY, figures=False) -> list[tuple[str, str]]:
+    """Sorted (rule, wildcards) of every stage job a dry run plans, ``all`` left out; the figure jobs (which follow
+    whatever they draw from) only with ``figures``."""
     jobs = planned_jobs(snakemake(workdir, "-n", *args, config=config).stdout)
-    return sorted((job.rule, job.wildcards) for job in jobs if job.rule != "all")
+    return sorted(
+        (job.rule, job.wildcards) for job in jobs if job.rule != "all" and is_figure(job.rule) == figures
+    )
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +118,13 @@ def test_tables_again_without_retraining(finished):
     assert len(plan(finished, config=config)) > 1
     jobs = plan(finished, "--forcerun", "aggregate", "--allowed-rules", "aggregate", config=config)
     assert jobs == [("aggregate", f"experiment={EXPERIMENT}")]
+
+
+def test_figures_again_without_retraining(finished):
+    figures = plan(finished, "--forcerun", "aggregate", figures=True)
+    assert {rule for rule, _ in figures} >= {"figure_metrics", "figure_confusion"}
+    assert all(wildcards.startswith(f"experiment={EXPERIMENT}") for _, wildcards in figures)
+    assert plan(finished, "--forcerun", "aggregate") == [("aggregate", f"experiment={EXPERIMENT}")]
 
 
 def test_evaluation_again_with_other_classifiers_without_retraining(finished):
