@@ -17,7 +17,7 @@ def predict_config(tiny_config, workdir):
         (workdir / "dumps" / name).mkdir(parents=True)
     config = copy.deepcopy(tiny_config)
     config["predict"] = {
-        "model": {"experiment": "tiny", "loss": "contrastive", "trial": 1, "classifier": "centroid"},
+        "model": {"experiment": "tiny", "loss": "triplet", "trial": 1, "classifier": "centroid"},
         "alarm": {"min_targets": 2},
         "samples": {
             "water-0001": {"kind": "folder", "path": "dumps/water-0001"},
@@ -35,7 +35,7 @@ def test_one_sample_plans_its_model_first(workdir, predict_config):
     assert jobs["train"] == jobs["embed"] == jobs["evaluate"] == jobs["split"] == jobs["augment"] == 1
     assert jobs["synthesize"] == jobs["ingest"] == jobs["patch"] == 1
     assert "aggregate" not in jobs
-    assert "results/tiny/models/contrastive/t1.pt" in result.stdout
+    assert "results/tiny/models/triplet/t1.pt" in result.stdout
 
 
 def test_predict_all_plans_every_sample_and_rule_all_none(workdir, predict_config):
