@@ -60,9 +60,24 @@ def experiment_of(wildcards):
 
 # The experiment keys each stage reads: a rule's params hold only these, so editing one key (adding a loss, changing
 # a classifier) reruns the stages that read it and nothing upstream.
-SPLIT_KEYS = ("protocol", "fractions", "shots", "official_split", "drop_small_classes", "open_set")
+SPLIT_KEYS = (
+    "protocol",
+    "fractions",
+    "shots",
+    "official_split",
+    "drop_small_classes",
+    "open_set",
+)
 TRAIN_KEYS = ("network", "train", "channels")
-EVALUATE_KEYS = ("protocol", "classifiers", "threshold", "targets", "open_set", "spiked", "episodes")
+EVALUATE_KEYS = (
+    "protocol",
+    "classifiers",
+    "threshold",
+    "targets",
+    "open_set",
+    "spiked",
+    "episodes",
+)
 
 
 def experiment_keys(keys):
@@ -109,7 +124,11 @@ def data_outputs(experiment):
 def final_outputs():
     outputs = []
     for experiment in config["run"]:
-        outputs += data_outputs(experiment) + [f"results/{experiment}/tables"] + report_outputs(experiment)
+        outputs += (
+            data_outputs(experiment)
+            + [f"results/{experiment}/tables"]
+            + report_outputs(experiment)
+        )
     return outputs
 
 
