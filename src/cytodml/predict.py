@@ -44,7 +44,7 @@ from cytodml.evaluate.classifiers import CentroidClassifier, GMMClassifier, KNNC
 from cytodml.evaluate.metrics import UNKNOWN_NAME
 from cytodml.io import atomic_path, write_csv, write_parquet, write_text
 from cytodml.learn.embed import check_images, embed, load_model
-from cytodml.report.figures import _display
+from cytodml.report.figures import display_image
 
 __all__ = [
     "ALARM_DEFAULTS",
@@ -484,7 +484,7 @@ def target_montage(images: np.ndarray, objects: pd.DataFrame, path, limit: int =
         for ax in axes:
             ax.set_axis_off()
         for ax, image, row in zip(axes, images[:shown], objects.iloc[:shown].itertuples()):
-            ax.imshow(_display(image), cmap="gray", vmin=0, vmax=1)
+            ax.imshow(display_image(image), cmap="gray", vmin=0, vmax=1)
             ax.set_title(f"{row.predicted}\n{row.confidence:.3f}", fontsize=8)
             ax.text(0.5, -0.04, row.object_id, transform=ax.transAxes, ha="center", va="top", fontsize=6)
         more = f" (the {shown} most confident of {len(images)})" if len(images) > shown else ""

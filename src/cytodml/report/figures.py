@@ -311,7 +311,7 @@ def image_tsne(
     figure = new_figure(7.5, 8.0)
     ax = figure.subplots()
     for row in shown:
-        thumbnail = _display(np.asarray(images[row]))
+        thumbnail = display_image(np.asarray(images[row]))
         aspect = thumbnail.shape[1] / thumbnail.shape[0]
         x0, y0 = low + square[row] * cell
         width, height = cell[0] * 0.92, cell[1] * 0.92 / aspect
@@ -751,7 +751,7 @@ def similarity_maps(
 
 
 def _overlay(ax, image: np.ndarray, cam: np.ndarray | None) -> None:
-    display = _display(image)
+    display = display_image(image)
     ax.imshow(display, cmap="gray", vmin=0, vmax=1)
     if cam is not None:
         cam = np.tile(cam, (1, display.shape[1] // cam.shape[1]))
@@ -797,7 +797,7 @@ def similarity_grid(
             ("to its class", wrong, own_maps),
         ]
     columns = max(len(correct), len(wrong))
-    aspect = _display(np.asarray(images[0])).shape[1] / images.shape[-1]
+    aspect = display_image(np.asarray(images[0])).shape[1] / images.shape[-1]
     figure = new_figure(1.3 * aspect * columns + 0.6, 1.35 * len(sections) + (0.3 if title else 0))
     axes = figure.subplots(len(sections), columns, squeeze=False)
     for ax_row, (label, rows, maps) in zip(axes, sections):
@@ -850,7 +850,7 @@ def class_montage(images: np.ndarray, class_names: list[str], path, per_class: i
         for column, ax in enumerate(axes[row]):
             ax.set_axis_off()
             if column < len(drawn):
-                ax.imshow(_display(np.asarray(images[drawn[column]])), cmap="gray", vmin=0, vmax=1)
+                ax.imshow(display_image(np.asarray(images[drawn[column]])), cmap="gray", vmin=0, vmax=1)
         axes[row, 0].text(-0.1, 0.5, label, transform=axes[row, 0].transAxes, ha="right", va="center", fontsize=9)
     figure.subplots_adjust(
         left=margin / figure.get_figwidth(), right=0.99, top=0.99, bottom=0.01, wspace=0.05, hspace=0.05
@@ -859,7 +859,7 @@ def class_montage(images: np.ndarray, class_names: list[str], path, per_class: i
         figure.savefig(tmp, format=FIGURE_FORMATS[path.suffix.lower()], dpi=100)
 
 
-def _display(patch: np.ndarray) -> np.ndarray:
+def display_image(patch: np.ndarray) -> np.ndarray:
     """A ``C x S x S`` patch as an image in [0, 1]: RGB for three channels, else the channels side by side."""
     pixels = patch.astype(np.float32)
     low, high = np.percentile(pixels, [1, 99], axis=(1, 2), keepdims=True)
