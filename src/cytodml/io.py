@@ -2,6 +2,7 @@
 
 import contextlib
 import os
+import struct
 import tempfile
 from pathlib import Path
 
@@ -61,8 +62,38 @@ def open_npy_for_writing(path, shape, dtype) -> tuple[np.memmap, Path]:
     return array, tmp
 
 
-def commit(array: np.memmap, tmp, path) -> None:
-    """Flush a memory-mapped array opened by :func:`open_npy_for_writing` and move it onto its final name."""
+def commit(array: np.memmap, tmp, path, rows: int | None = None) -> None:
+    """Flush a memory-mapped array opened by :func:`open_npy_for_writing` and move it onto its final name.
+
+    ``rows``: keep only the first ``rows`` (an array opened with spare rows, when the count was not known in advance).
+    """
     array.flush()
-    del array
+    del array  # unmap before the file is cut to its final length
+    if rows is not None:
+        _truncate_npy(tmp, rows)
     os.replace(tmp, path)
+
+
+def _truncate_npy(path, rows: int) -> None:
+    """Cut a ``.npy`` written with spare rows down to its first ``rows``, in place.
+
+    The header's shape is rewritten padded to its old length (the format pads the header with spaces to align the
+    data; NEP 1), so the data does not move.
+    """
+    with open(path, "r+b") as handle:
+        version = np.lib.format.read_magic(handle)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran_order, dtype = read(handle)
+        if shape[0] == rows:
+            return
+        offset = handle.tell()
+        prefix, length_format = (10, "<H") if version == (1, 0) else (12, "<I")
+        header = {
+            "descr": np.lib.format.dtype_to_descr(dtype),
+            "fortran_order": fortran_order,
+            "shape": (rows, *shape[1:]),
+        }
+        text = repr(header).ljust(offset - prefix - 1) + "\n"
+        handle.seek(prefix - struct.calcsize(length_format))
+        handle.write(struct.pack(length_format, len(text)) + text.encode("latin1"))
+        handle.truncate(offset + rows * int(np.prod(shape[1:])) * dtype.itemsize)

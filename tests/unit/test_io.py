@@ -36,3 +36,12 @@ def test_memmap_output_appears_only_on_commit(tmp_path):
     assert not target.exists()
     commit(array, tmp, target)
     np.testing.assert_array_equal(np.load(target), np.full((4, 2), 7, np.uint16))
+
+
+def test_memmap_output_with_spare_rows_is_cut_on_commit(tmp_path):
+    target = tmp_path / "patches.npy"
+    array, tmp = open_npy_for_writing(target, (10, 3), np.uint8)
+    array[:4] = np.arange(12, dtype=np.uint8).reshape(4, 3)
+    commit(array, tmp, target, rows=4)
+    np.testing.assert_array_equal(np.load(target), np.arange(12, dtype=np.uint8).reshape(4, 3))
+    assert target.stat().st_size < 128 + 10 * 3  # the spare rows are gone from the file, not only from the header

@@ -31,8 +31,6 @@ import hashlib
 import itertools
 import math
 import multiprocessing
-import os
-import struct
 from pathlib import Path
 from typing import NamedTuple
 
@@ -43,7 +41,7 @@ from scipy import ndimage
 
 from cytodml.data.imageio import Decoded, decode, read_npz_member
 from cytodml.errors import InputError
-from cytodml.io import open_npy_for_writing
+from cytodml.io import commit, open_npy_for_writing
 
 MODES = ("object", "resize", "tiles", "grid")
 QC_FLAGS = ["qc_empty", "qc_border", "qc_multiple", "qc_downscaled"]
@@ -137,10 +135,7 @@ def make_patches(raw: pd.DataFrame, patch: dict, out_npy, workers: int = 1) -> t
                     array[len(ledger.sources) - len(keep) : len(ledger.sources)] = chunk.patches[keep]
         if not ledger.sources:
             raise InputError(f"{out_npy}: no patch left (every object was dropped as filler, duplicate or background)")
-        array.flush()
-        del array  # unmap before the file is cut to its final length
-        _truncate_npy(tmp, len(ledger.sources))
-        os.replace(tmp, out_npy)
+        commit(array, tmp, out_npy, rows=len(ledger.sources))
     finally:
         Path(tmp).unlink(missing_ok=True)
         read_npz_member.cache_clear()
@@ -412,30 +407,6 @@ def _mapper(workers: int, tasks: int):
     with multiprocessing.get_context().Pool(min(workers, tasks)) as pool:
         yield pool.imap
 
-
-def _truncate_npy(path, rows: int) -> None:
-    """Cut a ``.npy`` written with spare rows down to its first ``rows``, in place.
-
-    The header's shape is rewritten padded to its old length (the format pads the header with spaces to align the
-    data; NEP 1), so the data does not move.
-    """
-    with open(path, "r+b") as handle:
-        version = np.lib.format.read_magic(handle)
-        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, fortran_order, dtype = read(handle)
-        if shape[0] == rows:
-            return
-        offset = handle.tell()
-        prefix, length_format = (10, "<H") if version == (1, 0) else (12, "<I")
-        header = {
-            "descr": np.lib.format.dtype_to_descr(dtype),
-            "fortran_order": fortran_order,
-            "shape": (rows, *shape[1:]),
-        }
-        text = repr(header).ljust(offset - prefix - 1) + "\n"
-        handle.seek(prefix - struct.calcsize(length_format))
-        handle.write(struct.pack(length_format, len(text)) + text.encode("latin1"))
-        handle.truncate(offset + rows * int(np.prod(shape[1:])) * dtype.itemsize)
 
 
 class _Ledger:
