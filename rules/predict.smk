@@ -46,7 +46,8 @@ rule predict:
         classifier=lambda wildcards: PREDICT["model"]["classifier"],
         threshold=lambda wildcards: PREDICT["model"].get("threshold"),
         targets=predict_targets,
-        alarm=lambda wildcards: PREDICT.get("alarm", {}),
+        evaluated_targets=lambda wildcards: predict_experiment().get("targets", []),
+        alarm=lambda wildcards: PREDICT.get("alarm", predict_experiment().get("alarm")),
     script:
         "../scripts/predict.py"
 

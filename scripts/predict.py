@@ -4,7 +4,7 @@ from pathlib import Path
 
 import torch
 
-from cytodml.predict import add_gallery, load_detector, predict_sample, read_threshold, write_prediction
+from cytodml.predict import add_gallery, load_detector, predict_sample, read_evaluation, write_prediction
 from cytodml.runlog import logged
 
 with logged(snakemake.log[0]) as log:
@@ -16,9 +16,13 @@ with logged(snakemake.log[0]) as log:
             detector, params.gallery, channels=params.channels, patch=params.patch, workers=snakemake.threads
         )
         log.info("classes with the gallery: %s", ", ".join(detector.class_names))
-    threshold = params.threshold
-    if threshold is None:
-        threshold = read_threshold(snakemake.input.metrics, params.classifier)
+    threshold, validation = read_evaluation(
+        snakemake.input.metrics,
+        params.classifier,
+        threshold=params.threshold,
+        targets=params.targets,
+        evaluated_targets=params.evaluated_targets,
+    )
     result = predict_sample(
         params.source,
         detector,
@@ -27,6 +31,7 @@ with logged(snakemake.log[0]) as log:
         threshold=threshold,
         targets=params.targets,
         alarm=params.alarm,
+        validation=validation,
         name=snakemake.wildcards.sample,
         workers=snakemake.threads,
     )

@@ -19,7 +19,7 @@ from cytodml.predict import (
     dump_source,
     load_detector,
     predict_sample,
-    read_threshold,
+    read_evaluation,
     save_detector,
     write_prediction,
 )
@@ -43,17 +43,29 @@ def main(argv=None) -> int:
 def predict(args) -> None:
     dataset, experiment = _study(args.config, args.experiment)
     detector = load_detector(args.model, args.classifiers, args.classifier)
-    threshold = args.threshold
-    if threshold is None:
-        threshold = read_threshold(args.metrics or Path(args.classifiers).parent / "metrics.csv", args.classifier)
+    targets = args.targets if args.targets is not None else experiment["targets"]
+    threshold, validation = read_evaluation(
+        args.metrics or Path(args.classifiers).parent / "metrics.csv",
+        args.classifier,
+        threshold=args.threshold,
+        targets=targets,
+        evaluated_targets=experiment.get("targets", []),
+    )
+    if args.min_targets is not None:
+        alarm = {"min_targets": args.min_targets}
+    elif args.false_alarm_rate is not None:
+        alarm = {"false_alarm_rate": args.false_alarm_rate}
+    else:
+        alarm = experiment.get("alarm")
     result = predict_sample(
         dump_source(dataset["source"], _dump(args.dump, args.kind)),
         detector,
         channels=dataset["channels"],
         patch=dataset["patch"],
         threshold=threshold,
-        targets=args.targets if args.targets is not None else experiment["targets"],
-        alarm={"min_targets": args.min_targets},
+        targets=targets,
+        alarm=alarm,
+        validation=validation,
         name=args.sample,
         workers=args.threads or 1,
     )
@@ -129,11 +141,16 @@ def _parser() -> argparse.ArgumentParser:
     common(run)
     run.add_argument("--dump", required=True, help="the sample's raw dump (folder, montage folder, .npz or table)")
     run.add_argument("--out", required=True, help="output folder: objects.parquet/.csv, summary.md, targets.png")
-    threshold = run.add_mutually_exclusive_group()
-    threshold.add_argument("--threshold", type=float, help="confidence to call a class (default: the evaluation's)")
-    threshold.add_argument("--metrics", help="the evaluation's metrics.csv (default: the one beside --classifiers)")
+    run.add_argument("--threshold", type=float, help="confidence to call a class (default: the evaluation's)")
+    run.add_argument("--metrics", help="the evaluation's metrics.csv (default: the one beside --classifiers)")
     run.add_argument("--targets", nargs="+", help="classes that raise the alarm (default: the experiment's targets)")
-    run.add_argument("--min-targets", type=int, default=1, help="targets called for an alarm (default: 1)")
+    alarm = run.add_mutually_exclusive_group()
+    alarm.add_argument("--min-targets", type=int, help="targets called for an alarm (default: the experiment's rule)")
+    alarm.add_argument(
+        "--false-alarm-rate",
+        type=float,
+        help="alarm at the called-target count a blank sample of this size reaches at most at this rate",
+    )
     run.add_argument("--sample", help="the sample's name in the summary (default: the dump's folder name)")
     run.set_defaults(command=predict)
 

@@ -3,8 +3,10 @@
 The rare-bioparticle study's daily use (Luo et al., RSC Adv 2021): a water sample is imaged, each object is embedded
 by the trained network and classified in the latent space. An object is *called* a class when the classifier's
 confidence reaches the threshold of the evaluation (0.98 in the paper), and is "unknown" below it; the sample raises
-an alarm when at least ``alarm.min_targets`` objects are called a target class; the called targets are shown in a
-montage for a person to confirm, as the paper's experts did.
+an alarm when enough objects are called a target class (the experiment's ``alarm`` rule: at least ``min_targets``, or
+as many as a blank sample of its size reaches only at a ``false_alarm_rate``, from the classifier's false positives on
+validation; :func:`cytodml.evaluate.detection.alarm_count`); the called targets are shown in a montage for a person
+to confirm, as the paper's experts did.
 
 The dump is ingested and patched with the settings of the data set the network was trained on (patch mode and size,
 channels), since its input normalisation holds for such patches only; a dump, a patch size or a file that does not fit
@@ -41,13 +43,13 @@ from cytodml.data.patching import QC_FLAGS, make_patches
 from cytodml.data.sources import ingest
 from cytodml.errors import InputError
 from cytodml.evaluate.classifiers import CentroidClassifier, GMMClassifier, KNNClassifier
+from cytodml.evaluate.detection import alarm_count, alarm_rule
 from cytodml.evaluate.metrics import UNKNOWN_NAME
 from cytodml.io import atomic_path, write_csv, write_parquet, write_text
 from cytodml.learn.embed import check_images, embed, load_model
 from cytodml.report.figures import display_image
 
 __all__ = [
-    "ALARM_DEFAULTS",
     "Detector",
     "add_gallery",
     "check_predict_config",
@@ -55,7 +57,7 @@ __all__ = [
     "load_detector",
     "model_fingerprint",
     "predict_sample",
-    "read_threshold",
+    "read_evaluation",
     "save_detector",
     "summarize",
     "summary_markdown",
@@ -63,8 +65,6 @@ __all__ = [
     "write_prediction",
 ]
 
-ALARM_DEFAULTS = {"min_targets": 1}
-"""The alarm rule: the sample is positive when at least ``min_targets`` objects are called a target class."""
 DETECTOR_FORMAT = "cytodml-detector"
 DETECTOR_VERSION = 1
 #: keys of a data set's ``source:`` block that describe how its files are laid out, inherited by a dump of that kind
@@ -190,23 +190,36 @@ def save_detector(detector: Detector, path) -> None:
         joblib.dump(stored, tmp)
 
 
-def read_threshold(metrics_path, classifier: str) -> float:
-    """The threshold the evaluation applied to ``classifier`` (metrics.csv: view ``open_set``, metric ``threshold``).
+def read_evaluation(metrics_path, classifier: str, *, threshold=None, targets=None, evaluated_targets=None):
+    """The threshold and the validation false positives the evaluation recorded for ``classifier`` (metrics.csv).
 
-    It is the configured number, or the one chosen on validation for a false-alarm rate, per classifier.
+    Returns ``(threshold, validation)``: ``threshold`` the given one, else the evaluation's (view ``open_set``, metric
+    ``threshold``: the configured number, or the one chosen on validation for a false-alarm rate); ``validation`` the
+    ``(false positives, negatives)`` of non-target validation images at that threshold (view ``rare``), which a
+    calibrated alarm rests on, or None where they do not apply: a threshold or targets other than the evaluation's
+    (``evaluated_targets``), or an evaluation without targets.
     """
     try:
         table = pd.read_csv(metrics_path)
     except FileNotFoundError:
-        raise InputError(f"{metrics_path}: no such metrics file (give the threshold instead)") from None
+        if threshold is None:
+            raise InputError(f"{metrics_path}: no such metrics file (give the threshold instead)") from None
+        return float(threshold), None
     missing = {"classifier", "view", "metric", "value"} - set(table.columns)
     if missing:
         raise InputError(f"{metrics_path}: not an evaluation metrics table (no column(s) {sorted(missing)})")
-    rows = table[(table["classifier"] == classifier) & (table["view"] == "open_set") & (table["metric"] == "threshold")]
-    if rows.empty:
+    values = table[table["classifier"] == classifier].set_index(["view", "metric"])["value"]
+    if ("open_set", "threshold") not in values.index:
         known = sorted(table.loc[table["metric"] == "threshold", "classifier"].unique())
         raise InputError(f"{metrics_path}: no threshold for classifier '{classifier}' (it has {known})")
-    return float(rows["value"].iloc[0])
+    evaluated = float(values[("open_set", "threshold")])
+    same = (threshold is None or float(threshold) == evaluated) and (
+        targets is None or sorted(targets) == sorted(evaluated_targets or [])
+    )
+    validation = None
+    if same and ("rare", "val_negatives") in values.index:
+        validation = (int(values[("rare", "val_false_positives")]), int(values[("rare", "val_negatives")]))
+    return (evaluated if threshold is None else float(threshold)), validation
 
 
 def _load_joblib(path):
@@ -300,6 +313,7 @@ def predict_sample(
     threshold: float,
     targets: list[str],
     alarm: dict | None = None,
+    validation: tuple[int, int] | None = None,
     name: str | None = None,
     workdir=None,
     workers: int = 1,
@@ -308,15 +322,22 @@ def predict_sample(
 
     ``source`` is the dump's ``source:`` block (:func:`dump_source`), ``channels`` its channel names in order (the
     data set's), ``patch`` the data set's ``patch:`` block; ``threshold`` the confidence an object needs to be called
-    a class; ``targets`` the class names that raise the alarm; ``alarm`` the rule (:data:`ALARM_DEFAULTS`);
-    ``workdir`` where the patches are cut (a temporary folder, removed after).
+    a class; ``targets`` the class names that raise the alarm; ``alarm`` the rule
+    (:func:`~cytodml.evaluate.detection.alarm_rule`), ``validation`` what a calibrated one rests on
+    (:func:`read_evaluation`); ``workdir`` where the patches are cut (a temporary folder, removed after).
 
     Returns ``objects`` (one row per patch: ``object_id``, ``predicted`` (the class called, or "unknown" below the
     threshold), ``best_match`` (the most probable class), ``confidence``, ``is_target`` (called a target class),
     ``distance_<class>`` (Euclidean, to each class centre), the QC flags), ``summary`` (:func:`summarize`), ``target_rows`` (the rows of the called targets, most
     confident first, as the montage shows them) and ``target_images`` (their patches).
     """
-    rule = _alarm_rule(alarm)
+    rule = alarm_rule(alarm)
+    if "false_alarm_rate" in rule and validation is None:
+        raise InputError(
+            "alarm.false_alarm_rate: the evaluation recorded no validation false positives for this classifier at "
+            f"threshold {threshold} and targets {targets}; keep the evaluation's threshold and targets, or give "
+            "alarm.min_targets"
+        )
     if isinstance(threshold, bool) or not 0 <= threshold <= 1:
         raise InputError(f"threshold: {threshold} is not a confidence in [0, 1]")
     stray = [target for target in targets if target not in detector.class_names]
@@ -332,6 +353,7 @@ def predict_sample(
         targets,
         threshold,
         rule,
+        validation=validation,
         sample=name or Path(source["path"]).name,
         classifier=detector.classifier_name,
         origin=detector.origin,
@@ -363,17 +385,6 @@ def _classify(detector: Detector, X: np.ndarray, threshold: float, targets: list
     return objects
 
 
-def _alarm_rule(alarm: dict | None) -> dict:
-    rule = {**ALARM_DEFAULTS, **(alarm or {})}
-    unknown = sorted(set(rule) - set(ALARM_DEFAULTS))
-    if unknown:
-        raise InputError(f"alarm.{unknown[0]}: unknown key; the alarm rule takes {', '.join(ALARM_DEFAULTS)}")
-    value = rule["min_targets"]
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InputError(f"alarm.min_targets: a positive number of targets, not {value!r}")
-    return rule
-
-
 def summarize(
     objects: pd.DataFrame,
     class_names: list[str],
@@ -381,6 +392,7 @@ def summarize(
     threshold: float,
     alarm: dict,
     *,
+    validation: tuple[int, int] | None = None,
     sample: str,
     classifier: str,
     origin: str,
@@ -389,9 +401,11 @@ def summarize(
     """The sample's counts and alarm from its objects table (columns ``predicted``, ``is_target`` and QC flags).
 
     ``counts`` has every class of ``class_names`` (zeros included) and ``unknown``; ``target_count`` is the number of
-    objects called a target class; ``alarm`` is True when it reaches ``alarm["min_targets"]``.
+    objects called a target class; ``alarm`` is True when it reaches ``min_targets``, the count the rule asks of a
+    sample of this size (:func:`~cytodml.evaluate.detection.alarm_count`; ``validation`` for a calibrated rule).
     """
-    rule = _alarm_rule(alarm)
+    rule = alarm_rule(alarm)
+    min_targets = alarm_count(rule, len(objects), *(validation or (None, None)))
     called = objects["predicted"].value_counts()
     counts = {name: int(called.get(name, 0)) for name in [*class_names, UNKNOWN_NAME]}
     target_count = int(objects["is_target"].sum())
@@ -402,8 +416,10 @@ def summarize(
         "targets": list(targets),
         "target_counts": {target: counts[target] for target in targets},
         "target_count": target_count,
-        "alarm": target_count >= rule["min_targets"],
-        "min_targets": rule["min_targets"],
+        "alarm": target_count >= min_targets,
+        "min_targets": min_targets,
+        "alarm_rule": rule,
+        "validation": list(validation) if validation else None,
         "threshold": float(threshold),
         "classifier": classifier,
         "origin": origin,
@@ -498,12 +514,22 @@ def summary_markdown(summary: dict, montage: str | None = None) -> str:
     """A one-page Markdown report of a sample: the alarm, the counts per class, the settings, the montage link."""
     alarm = "**ALARM**" if summary["alarm"] else "no alarm"
     found = ", ".join(f"{name} {count}" for name, count in summary["target_counts"].items())
+    rule = summary["alarm_rule"]
+    why = ""
+    if "false_alarm_rate" in rule:
+        false_positives, negatives = summary["validation"]
+        why = (
+            f" This is how many a blank sample of {summary['objects']} objects reaches with probability at most "
+            f"{rule['false_alarm_rate']:g}, from the classifier's {false_positives} false positive(s) among "
+            f"{negatives} non-target validation images (upper 95% bound on the rate); fewer called targets cannot "
+            "be told from false positives."
+        )
     lines = [
         f"# Sample {summary['sample']}",
         "",
         f"{alarm}: {summary['target_count']} target(s) called ({found}) among {summary['objects']} objects; the rule "
         f"raises the alarm at {summary['min_targets']} or more objects called a target class "
-        f"({', '.join(summary['targets'])}) with confidence >= {summary['threshold']:g}.",
+        f"({', '.join(summary['targets'])}) with confidence >= {summary['threshold']:g}.{why}",
         "",
         "| class | objects |",
         "|---|---:|",

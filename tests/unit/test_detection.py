@@ -5,7 +5,14 @@ import pandas as pd
 import pytest
 
 from cytodml.errors import InputError
-from cytodml.evaluate.detection import choose_threshold, open_set_results, spiked_samples
+from cytodml.evaluate.detection import (
+    alarm_count,
+    alarm_rule,
+    choose_threshold,
+    false_positive_bound,
+    open_set_results,
+    spiked_samples,
+)
 
 
 def test_threshold_meets_the_false_alarm_rate_on_a_known_distribution():
@@ -93,6 +100,68 @@ def test_spiked_samples_need_targets():
     pred, confidence, _ = hand_case()
     with pytest.raises(InputError, match="no target"):
         spiked_samples(pred, confidence, np.zeros(13, bool), 0.98, 10, (6, 10), 6, 4, 0)
+
+
+def test_false_positive_bound_by_hand():
+    # 0 of n: the bound solves (1 - p)^n = 0.05, the "rule of three" p ~ 3/n
+    assert false_positive_bound(0, 150) == pytest.approx(1 - 0.05 ** (1 / 150))
+    assert false_positive_bound(0, 150) == pytest.approx(3 / 150, rel=0.02)
+    # x of n: P(Binomial(n, p_upper) <= x) = 0.05, the Clopper-Pearson definition
+    from scipy.stats import binom
+
+    bound = false_positive_bound(4, 200)
+    assert binom.cdf(4, 200, bound) == pytest.approx(0.05) and bound > 4 / 200
+    assert false_positive_bound(7, 7) == 1.0
+    with pytest.raises(InputError, match="validation negatives"):
+        false_positive_bound(0, 0)
+
+
+def test_alarm_count_by_hand():
+    assert alarm_count({"min_targets": 3}, 500) == 3
+    assert alarm_count(None, 500) == 1  # the paper's rule
+    # 0 false positives of 150 -> p = 0.0198; a blank of 100 objects: P(X >= 1) = 0.86, ..., the least k with
+    # P(X >= k) <= 0.01 is 7 (P(X >= 6) = 0.0147, P(X >= 7) = 0.0038, worked out with the binomial pmf)
+    assert alarm_count({"false_alarm_rate": 0.01}, 100, 0, 150) == 7
+    # more objects, more expected false positives: the count grows; a stricter rate, too
+    counts = [alarm_count({"false_alarm_rate": 0.01}, n, 2, 300) for n in (10, 100, 1000, 10_000)]
+    assert counts == sorted(counts) and counts[0] >= 1 and counts[-1] > 10_000 * 2 / 300
+    assert alarm_count({"false_alarm_rate": 0.001}, 1000, 2, 300) > alarm_count({"false_alarm_rate": 0.05}, 1000, 2, 300)
+
+
+def test_calibrated_alarm_keeps_blank_false_alarms_at_the_rate():
+    """Blanks whose objects have the validation's false-positive rate alarm at most at the asked-for rate."""
+    rng = np.random.default_rng(0)
+    rate, objects, negatives, true_p = 0.05, 400, 300, 0.02
+    alarms = []
+    for _ in range(2000):
+        false_positives = rng.binomial(negatives, true_p)  # what validation saw
+        k = alarm_count({"false_alarm_rate": rate}, objects, false_positives, negatives)
+        alarms.append(rng.binomial(objects, true_p) >= k)  # a blank sample
+    assert np.mean(alarms) <= rate
+
+
+@pytest.mark.parametrize(
+    "spec, named",
+    [({"min_targets": 0}, "alarm.min_targets"), ({"false_alarm_rate": 1.0}, "alarm.false_alarm_rate"),
+     ({"min_targets": 1, "false_alarm_rate": 0.01}, "alarm:"), ({"rate": 0.1}, "alarm:")],
+)
+def test_alarm_rule_names_the_bad_key(spec, named):
+    with pytest.raises(InputError, match=named):
+        alarm_rule(spec)
+
+
+def test_spiked_samples_alarm_by_a_calibrated_rule():
+    args = dict(threshold=0.98, background=10, spikes=(3, 3), samples=1, blanks=1, seed=0)
+    # 1 called background and 1 called target: the paper's rule alarms on both samples, a rule asking for 2 only on
+    # the spiked one; a calibrated rule from 0 of 1000 validation negatives asks for 1 in a sample of 13 objects
+    assert list(spiked_samples(*hand_case(), **args)["alarm"].iloc[:2]) == ["yes", "yes"]
+    table = spiked_samples(*hand_case(), **args, alarm={"min_targets": 2})
+    assert list(table["alarm"].iloc[:2]) == ["yes", "no"] and list(table["alarm_at"].iloc[:2]) == [2, 2]
+    calibrated = spiked_samples(*hand_case(), **args, alarm={"false_alarm_rate": 0.05}, validation=(0, 1000))
+    assert list(calibrated["alarm_at"].iloc[:2]) == [1, 1]
+    # 30 of 100 validation negatives called a target: a sample of 10 to 13 objects needs many more than 2
+    noisy = spiked_samples(*hand_case(), **args, alarm={"false_alarm_rate": 0.05}, validation=(30, 100))
+    assert (noisy["alarm_at"].iloc[:2] > 5).all() and (noisy["alarm"].iloc[:2] == "no").all()
 
 
 def test_open_set_results_by_hand():

@@ -37,7 +37,7 @@ from cytodml.predict import (
     dump_source,
     load_detector,
     predict_sample,
-    read_threshold,
+    read_evaluation,
     save_detector,
     summarize,
     write_prediction,
@@ -166,7 +166,7 @@ def test_spiked_sample_count_is_within_what_the_evaluation_predicted(study, gmm,
     set. The variance adds the sample's binomial draws and the uncertainty of the two rates (binomial over the test
     images they were measured on, Laplace-smoothed so that 0 of n still carries its spread)."""
     spikes, background = {"cryptosporidium": 8, "giardia": 6}, {"bead": 60, "debris": 100}
-    threshold = read_threshold(study["metrics_path"], "gmm")
+    threshold, _ = read_evaluation(study["metrics_path"], "gmm")
     result = run(gmm, render(tmp_path / "spiked", spikes | background, seed=101), threshold)
     objects, summary = result["objects"], result["summary"]
 
@@ -209,8 +209,9 @@ def test_objects_table_calls_unknown_below_the_threshold(study, gmm, tmp_path):
 
 
 def test_blank_sample_raises_no_alarm(gmm, study, tmp_path):
-    """A blank of 100 microplastic beads, the background the evaluation saw no false alarm from."""
-    threshold = read_threshold(study["metrics_path"], "gmm")
+    """A blank of 100 microplastic beads, the background the evaluation saw no false alarm from (the default study's
+    model on a blank of its whole background: tests/workflow/test_default_model.py)."""
+    threshold, _ = read_evaluation(study["metrics_path"], "gmm")
     result = run(gmm, render(tmp_path / "blank", {"bead": 100}, seed=103), threshold)
     summary = result["summary"]
     assert summary["target_count"] == 0 and not summary["alarm"]
@@ -244,6 +245,25 @@ def test_alarm_rule_counts_called_targets(min_targets, alarm):
     assert summary["target_counts"] == {"cryptosporidium": 1, "giardia": 2} and summary["qc"] == {"qc_border": 1}
     with pytest.raises(InputError, match="alarm.min_targets"):
         summarize(objects, ["bead"], TARGETS, 0.98, {"min_targets": 0}, sample="s", classifier="gmm", origin="m")
+
+
+def test_calibrated_alarm_reads_the_evaluations_false_positives(study, gmm, tmp_path):
+    values = study["metrics"].query("classifier == 'gmm' and view == 'rare'").set_index("metric")["value"]
+    threshold, validation = read_evaluation(study["metrics_path"], "gmm")
+    assert validation == (int(values["val_false_positives"]), int(values["val_negatives"])) and validation[1] > 0
+    # another threshold or other targets: the validation count does not apply
+    assert read_evaluation(study["metrics_path"], "gmm", threshold=0.5)[1] is None
+    assert read_evaluation(study["metrics_path"], "gmm", targets=["giardia"], evaluated_targets=TARGETS)[1] is None
+    source = render(tmp_path / "s", {"bead": 30, "debris": 30}, seed=110)
+    rule = {"false_alarm_rate": 0.01}
+    result = run(gmm, source, threshold, alarm=rule, validation=validation)
+    summary = result["summary"]
+    assert summary["min_targets"] >= 1 and summary["alarm"] == (summary["target_count"] >= summary["min_targets"])
+    write_prediction(result, tmp_path / "o")
+    text = (tmp_path / "o" / "summary.md").read_text()
+    assert "a blank sample of 60 objects reaches with probability at most 0.01" in text
+    with pytest.raises(InputError, match="alarm.false_alarm_rate: the evaluation recorded no validation"):
+        run(gmm, source, 0.5, alarm=rule, validation=None)
 
 
 # ---------------------------------------------------------------------------------------------------------- gallery
@@ -354,7 +374,7 @@ def test_refuses_files_that_are_not_ours(study, tmp_path):
     with pytest.raises(InputError, match="no classifier 'svm'.*centroid, gmm, knn"):
         load_detector(study["model"], study["classifiers"], "svm")
     with pytest.raises(InputError, match="no threshold for classifier 'svm'"):
-        read_threshold(study["metrics_path"], "svm")
+        read_evaluation(study["metrics_path"], "svm")
 
 
 # ----------------------------------------------------------------------------------------------------- command line
@@ -377,7 +397,7 @@ def test_command_line_predicts_and_writes_the_outputs(study, tmp_path):
     assert len(objects) == 64 and len(pd.read_csv(out / "objects.csv")) == 64
     summary = (out / "summary.md").read_text()
     assert summary.startswith("# Sample water-0001") and "| total | 64 |" in summary
-    assert f">= {read_threshold(study['metrics_path'], 'gmm'):g}" in summary  # the evaluation's threshold
+    assert f">= {read_evaluation(study['metrics_path'], 'gmm')[0]:g}" in summary  # the evaluation's threshold
     assert (out / "targets.png").read_bytes()[:4] == b"\x89PNG"
 
 

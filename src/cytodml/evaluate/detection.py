@@ -4,13 +4,23 @@ An object is *called* a class only when the classifier's confidence reaches the 
 "unknown". The rare-bioparticle study (Luo et al., RSC Adv 2021) fixes the threshold at 0.98 and reports simulated
 water samples (their Table 5); the same threshold decides whether an image of a class never seen in training (open
 set) raises a false alarm.
+
+A sample raises the *alarm* when enough of its objects are called a target: at least ``min_targets`` (1, the paper's
+rule), or, given a ``false_alarm_rate``, as many as a blank sample of the same size reaches only with that probability,
+from the classifier's false positives on validation (:func:`alarm_count`).
 """
 
 import numpy as np
 import pandas as pd
+from scipy.stats import beta, binom
 
 from cytodml.errors import InputError
 from cytodml.evaluate.metrics import auroc
+
+ALARM_DEFAULT = {"min_targets": 1}
+"""The rare-bioparticle paper's rule: one object called a target makes the sample positive."""
+BOUND_CONFIDENCE = 0.95
+"""Confidence of the upper bound on the per-object false-positive rate that a calibrated alarm assumes."""
 
 
 def choose_threshold(confidence_val, false_alarm_rate: float) -> float:
@@ -32,6 +42,61 @@ def choose_threshold(confidence_val, false_alarm_rate: float) -> float:
     return float(np.nextafter(scores[allowed], np.inf))
 
 
+def alarm_rule(spec: dict | None) -> dict:
+    """The alarm rule of a config: ``{min_targets: k}`` (k >= 1) or ``{false_alarm_rate: a}`` (0 < a < 1).
+
+    No rule is the paper's: one called target (:data:`ALARM_DEFAULT`).
+    """
+    rule = dict(spec or ALARM_DEFAULT)
+    if len(rule) != 1 or not set(rule) <= {"min_targets", "false_alarm_rate"}:
+        raise InputError(f"alarm: expected {{min_targets: k}} or {{false_alarm_rate: rate}}, got {spec}")
+    value = next(iter(rule.values()))
+    if "min_targets" in rule and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise InputError(f"alarm.min_targets: a positive number of targets, not {value!r}")
+    if "false_alarm_rate" in rule and (isinstance(value, bool) or not isinstance(value, float) or not 0 < value < 1):
+        raise InputError(f"alarm.false_alarm_rate: a probability between 0 and 1 (exclusive), not {value!r}")
+    return rule
+
+
+def false_positive_bound(false_positives: int, negatives: int, confidence: float = BOUND_CONFIDENCE) -> float:
+    """One-sided Clopper-Pearson upper bound on a per-object false-positive rate seen as ``false_positives``/``negatives``.
+
+    p_upper = Beta^-1(confidence; x + 1, n - x) for x < n, else 1 (Clopper & Pearson, Biometrika 1934): the rate is
+    at most p_upper with probability ``confidence``, however few negatives there were (0 of 150 gives 2.0 % at 95 %).
+    """
+    if negatives < 1 or not 0 <= false_positives <= negatives:
+        raise InputError(
+            f"alarm.false_alarm_rate: {false_positives} false positives among {negatives} validation negatives "
+            "cannot calibrate an alarm (the split needs non-target validation images)"
+        )
+    if false_positives == negatives:
+        return 1.0
+    return float(beta.ppf(confidence, false_positives + 1, negatives - false_positives))
+
+
+def alarm_count(rule: dict, objects: int, false_positives: int | None = None, negatives: int | None = None) -> int:
+    """How many objects called a target raise the alarm in a sample of ``objects`` objects.
+
+    ``{min_targets: k}`` gives k. ``{false_alarm_rate: a}`` gives the least k >= 1 with
+    P(X >= k) <= a for X ~ Binomial(objects, p), p the upper bound (:func:`false_positive_bound`) of the classifier's
+    per-object false-positive rate, ``false_positives`` of ``negatives`` non-target validation images called a target
+    at the threshold: a blank sample of that size raises the alarm with probability at most a, if its objects are as
+    the validation non-targets were (particle types never trained on are not covered).
+    """
+    rule = alarm_rule(rule)
+    if "min_targets" in rule:
+        return rule["min_targets"]
+    if false_positives is None or negatives is None:
+        raise InputError("alarm.false_alarm_rate: needs the classifier's false positives on validation")
+    p = false_positive_bound(false_positives, negatives)
+    if objects < 1 or p == 0:
+        return 1
+    # binom.sf(k - 1) = P(X >= k); the least k where it drops to the rate, found on the support 1..objects
+    k = np.arange(1, objects + 1)
+    below = np.flatnonzero(binom.sf(k - 1, objects, p) <= rule["false_alarm_rate"])
+    return int(k[below[0]]) if len(below) else objects + 1
+
+
 def _draw(rng: np.random.Generator, pool: np.ndarray, size: int) -> tuple[np.ndarray, bool]:
     """``size`` members of ``pool``, with replacement only when the pool is too small."""
     replace = size > len(pool)
@@ -48,6 +113,8 @@ def spiked_samples(
     samples: int,
     blanks: int,
     seed: int,
+    alarm: dict | None = None,
+    validation: tuple[int, int] | None = None,
 ) -> pd.DataFrame:
     """Simulated water samples: ``background`` non-target images, plus k target images spiked into each spiked sample.
 
@@ -57,7 +124,9 @@ def spiked_samples(
 
     - ``detected``: spiked targets called target; ``false_positives``: background objects called target;
     - ``sensitivity`` = detected / spikes; ``specificity`` = (background - false_positives) / background;
-    - ``alarm`` = "yes" when any object of the sample is called target (the sample would be reported positive);
+    - ``alarm_at``: called targets that raise the alarm in a sample of its size, by the ``alarm`` rule
+      (:func:`alarm_count`; ``validation`` = (false positives, negatives) on validation, for a calibrated rule);
+    - ``alarm`` = "yes" when at least ``alarm_at`` objects are called target (the sample would be reported positive);
     - ``recovery`` = (detected + false_positives) / spikes: the count the method reports over the count spiked, as a
       recovery in water testing; it equals sensitivity when there are no false positives.
 
@@ -88,6 +157,7 @@ def spiked_samples(
     if not len(pool):
         raise InputError("spiked.background: the test images hold no non-target background")
     called = pred_is_target & (confidence >= threshold)
+    rule = alarm_rule(alarm)
     rng = np.random.default_rng(seed)
     rows = []
     for number in range(samples + blanks):
@@ -96,6 +166,7 @@ def spiked_samples(
         drawn, background_resampled = _draw(rng, pool, background)
         spike_idx, spikes_resampled = _draw(rng, targets, k) if spiked else (np.empty(0, dtype=int), False)
         detected, false_positives = int(called[spike_idx].sum()), int(called[drawn].sum())
+        alarm_at = alarm_count(rule, background + k, *(validation or (None, None)))
         rows.append(
             {
                 "sample": str(number + 1),
@@ -106,7 +177,8 @@ def spiked_samples(
                 "false_positives": false_positives,
                 "sensitivity": detected / k if spiked else np.nan,
                 "specificity": (background - false_positives) / background,
-                "alarm": "yes" if detected + false_positives else "no",
+                "alarm_at": alarm_at,
+                "alarm": "yes" if detected + false_positives >= alarm_at else "no",
                 "recovery": (detected + false_positives) / k if spiked else np.nan,
                 "background_resampled": background_resampled,
                 "spikes_resampled": spikes_resampled,
@@ -124,6 +196,7 @@ def spiked_samples(
         "false_positives": table["false_positives"].mean(),
         "sensitivity": table["sensitivity"].mean(),
         "specificity": table["specificity"].mean(),
+        "alarm_at": table["alarm_at"].mean(),
         "alarm": f"spiked {alarms[is_spiked].sum()}/{samples}, blank {alarms[~is_spiked].sum()}/{blanks}",
         "recovery": table["recovery"].mean(),
         "background_resampled": bool(table["background_resampled"].any()),

@@ -23,7 +23,7 @@ import pandas as pd
 
 from cytodml.errors import InputError
 from cytodml.evaluate.classifiers import select_on_validation
-from cytodml.evaluate.detection import choose_threshold, open_set_results, spiked_samples
+from cytodml.evaluate.detection import alarm_rule, choose_threshold, open_set_results, spiked_samples
 from cytodml.evaluate.metrics import (
     UNKNOWN,
     auroc,
@@ -157,6 +157,7 @@ class _Scored:
     target_labels: np.ndarray
     threshold_spec: object
     spiked_config: dict
+    alarm: dict
     seed: int
 
     @property
@@ -198,15 +199,22 @@ def _judge(name: str, classes: np.ndarray, proba: np.ndarray, confidence: np.nda
     if len(rows.target_labels):
         predicted_target = np.isin(predicted, rows.target_labels)
         target_score = proba[:, np.isin(classes, rows.target_labels)].sum(axis=1)
-        rare = binary_metrics(rows.is_target[test], (predicted_target & (confidence >= threshold))[test])
+        called_target = predicted_target & (confidence >= threshold)
+        rare = binary_metrics(rows.is_target[test], called_target[test])
         rare["auroc"] = auroc(target_score[test], rows.is_target[test])
-        metrics += _rows(name, "rare", {**rare, "threshold": threshold})
+        # what a calibrated alarm rests on, here and when the classifier screens new samples (cytodml.predict)
+        val_negative = rows.is_val & ~rows.is_target
+        validation = (int(called_target[val_negative].sum()), int(val_negative.sum()))
+        rare |= {"threshold": threshold, "val_false_positives": validation[0], "val_negatives": validation[1]}
+        metrics += _rows(name, "rare", rare)
         samples = spiked_samples(
             predicted_target[sample],
             confidence[sample],
             rows.is_target[sample],
             threshold,
             seed=rows.seed,
+            alarm=rows.alarm,
+            validation=validation,
             **rows.spiked_config,
         )
         spiked.append(_first(samples.assign(classifier=name, threshold=threshold), ["classifier"]))
@@ -248,7 +256,8 @@ def evaluate_trial(
     chosen on ``val`` (:func:`select_on_validation`), and applied to ``val``, ``test`` and ``unknown`` rows. The
     threshold is ``experiment["threshold"]`` (default 0.98) or, given ``{false_alarm_rate: r}``, chosen per classifier
     on validation (:func:`_threshold`). Targets (``experiment["targets"]``, class names) make the ``rare`` view and
-    the spiked samples; spiked-sample backgrounds are the non-target ``test`` and ``unknown`` images, so unseen
+    the spiked samples, whose alarms follow ``experiment["alarm"]`` (:func:`~cytodml.evaluate.detection.alarm_rule`);
+    spiked-sample backgrounds are the non-target ``test`` and ``unknown`` images, so unseen
     particle types can raise false positives as in a real water sample, and every classifier sees the same samples
     (one seed), so their rows pair up. The episodic protocol adds nearest-prototype episodes on the known test
     images (``experiment["episodes"]``).
@@ -268,6 +277,7 @@ def evaluate_trial(
     if stray:
         raise InputError(f"targets: {stray} are not among the known classes {class_names}")
     threshold_spec = _threshold_spec(experiment)
+    alarm = alarm_rule(experiment.get("alarm"))
 
     table = embeddings.reset_index(drop=True)
     X = np.stack(table["embedding"].to_numpy()).astype(np.float64)
@@ -289,6 +299,7 @@ def evaluate_trial(
         target_labels=target_labels,
         threshold_spec=threshold_spec,
         spiked_config=_spiked_config(experiment, int(background.sum())),
+        alarm=alarm,
         seed=seed,
     )
     parts = {"metrics": [], "confusion": [], "per_class": [], "predictions": [], "spiked": [], "open_set": []}
