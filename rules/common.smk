@@ -74,6 +74,7 @@ EVALUATE_KEYS = (
     "classifiers",
     "threshold",
     "targets",
+    "alarm",
     "open_set",
     "spiked",
     "episodes",
