@@ -200,6 +200,7 @@ def test_spiked_and_episodes_tables(tmp_path, metrics):
                 "false_positives": 0,
                 "sensitivity": d / 6,
                 "specificity": 1.0,
+                "alarm_at": 1,
                 "alarm": "yes",
                 "recovery": d / 6,
                 "threshold": 0.98,
@@ -218,6 +219,7 @@ def test_spiked_and_episodes_tables(tmp_path, metrics):
                 "false_positives": trial,
                 "sensitivity": np.nan,
                 "specificity": 1 - trial / 2000,
+                "alarm_at": 1 + trial,  # a calibrated rule asks more of the trial with a false positive on validation
                 "alarm": "yes" if trial else "no",
                 "recovery": np.nan,
                 "threshold": 0.98,
@@ -244,7 +246,9 @@ def test_spiked_and_episodes_tables(tmp_path, metrics):
     assert spiked["sensitivity_std"] == pytest.approx(np.std(per_trial, ddof=1))
     assert (spiked["spiked_alarms"], spiked["spiked_samples"]) == (4, 4)
     assert (spiked["blank_alarms"], spiked["blank_samples"], spiked["false_positives"]) == (1, 2, 1)
-    assert "1 / 2" in (tmp_path / "spiked.md").read_text()
+    assert spiked["alarm_at_mean"] == pytest.approx(np.mean([1, 4 / 3]))
+    text = (tmp_path / "spiked.md").read_text()
+    assert "1 / 2" in text and "alarm at" in text and "1.2 +- 0.2" in text
 
     per_class = pd.read_csv(tmp_path / "episodes.csv").set_index("class_name")
     assert per_class.loc["basophil", "accuracy_mean"] == pytest.approx(0.97)
