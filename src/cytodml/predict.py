@@ -559,7 +559,8 @@ def check_predict_config(config: dict, list_classes=None) -> None:
     """Raise :class:`InputError` naming the key of the first broken cross-reference of the ``predict:`` block.
 
     The model must name an experiment, one of its losses, one of its trials and one of its classifiers; a gallery
-    needs a centroid or kNN classifier; targets must be classes of the data set (or of the gallery), where
+    needs a centroid or kNN classifier; a calibrated alarm needs the evaluation's threshold and targets; targets must be
+    classes of the data set (or of the gallery), where
     ``list_classes(source)`` can tell them.
     """
     predict = config["predict"]
@@ -583,6 +584,16 @@ def check_predict_config(config: dict, list_classes=None) -> None:
         )
     if predict.get("gallery") and model["classifier"] not in GALLERY_CLASSIFIERS:
         raise InputError(f"predict.gallery: extends {' or '.join(GALLERY_CLASSIFIERS)}, not '{model['classifier']}'")
+    rule = alarm_rule(predict.get("alarm", experiment.get("alarm")))
+    evaluated = sorted(experiment.get("targets") or [])
+    if "false_alarm_rate" in rule and (
+        "threshold" in model or not evaluated or sorted(predict.get("targets", evaluated)) != evaluated
+    ):
+        where = "predict.alarm" if "alarm" in predict else f"experiments.{model['experiment']}.alarm"
+        raise InputError(
+            f"{where}: a false_alarm_rate rule rests on the evaluation's false positives at its own threshold and "
+            "targets; drop predict.model.threshold and predict.targets, or give predict.alarm: {min_targets: k}"
+        )
     if list_classes is None or "targets" not in predict:
         return
     dataset = config["datasets"][experiment["dataset"]]

@@ -455,6 +455,9 @@ def test_dump_inherits_the_layout_of_the_data_set_of_its_kind():
         ({"model": {"classifier": "svm"}}, "predict.model.classifier"),
         ({"model": {"classifier": "gmm"}, "gallery": {"path": "g"}}, "predict.gallery"),
         ({"targets": ["pollen"]}, "predict.targets[0]"),  # open set: the model never learned it
+        # a calibrated alarm needs the threshold and targets its validation count was made at
+        ({"model": {"threshold": 0.5}, "alarm": {"false_alarm_rate": 0.01}}, "predict.alarm"),
+        ({"targets": ["giardia"], "alarm": {"false_alarm_rate": 0.01}}, "predict.alarm"),
     ],
 )
 def test_predict_config_cross_references_are_checked(predict, named):
@@ -468,3 +471,10 @@ def test_predict_config_cross_references_are_checked(predict, named):
         check_predict_config(config, list_classes=list_classes)
     config["predict"] = {"model": {"experiment": "tiny", "loss": "softmax", "classifier": "knn"}, "targets": TARGETS}
     check_predict_config(config, list_classes=list_classes)
+    config["predict"]["alarm"] = {"false_alarm_rate": 0.01}  # the evaluation's threshold and targets: fine
+    check_predict_config(config, list_classes=list_classes)
+    # the experiment's own calibrated rule, inherited, is named where it is set
+    config["experiments"]["tiny"] = {**EXPERIMENT, "alarm": {"false_alarm_rate": 0.01}}
+    config["predict"] = {"model": {"experiment": "tiny", "loss": "softmax", "classifier": "knn", "threshold": 0.9}}
+    with pytest.raises(InputError, match="experiments.tiny.alarm"):
+        check_predict_config(config, list_classes=list_classes)
