@@ -75,6 +75,21 @@ def test_every_loss_of_the_default_config_builds_with_the_papers_settings(repo_r
     assert not list(built["triplet"].parameters())
 
 
+def test_softmax_with_balanced_batches_asks_the_sampler_for_every_class():
+    from cytodml.learn.samplers import ClassBalancedBatchSampler
+    from cytodml.learn.trainer import resolve_samples_per_class
+
+    loss = build_loss({"type": "softmax", "balanced_batches": True}, num_classes=3, embedding_dim=2)
+    per_class = resolve_samples_per_class({"samples_per_class": 4}, loss)
+    assert per_class == 4 and resolve_samples_per_class({"samples_per_class": 4}, build_loss(
+        {"type": "softmax"}, num_classes=3, embedding_dim=2)) == 0
+    labels = torch.cat([torch.zeros(200), torch.ones(200), torch.full((5,), 2)]).long().numpy()  # class 2 is rare
+    for batch in ClassBalancedBatchSampler(labels, 12, per_class, seed=0):
+        assert torch.bincount(torch.as_tensor(labels[batch]), minlength=3).min() >= 4
+    with pytest.raises(InputError, match="balanced_batches"):
+        build_loss({"type": "softmax", "balanced_batches": "yes"}, num_classes=3, embedding_dim=2)
+
+
 def test_defaults_mirror_the_config_schema(repo_root):
     schema = yaml.safe_load((repo_root / "schemas" / "config.schema.yaml").read_text())
     per_type = {

@@ -127,13 +127,15 @@ class SoftmaxLoss(MetricLoss):
     L = -(1/B) sum_i log softmax(W f_i + b)_{y_i}, with the head ``nn.Linear(embedding_dim, num_classes)`` trained
     with the network. The embedding is the network output, the penultimate layer of the softmax net, so the baseline
     Luo et al. (RSC Adv 2021) and Gupta et al. (CVPR-W 2019) compare against goes through the same classifiers.
+    ``balanced_batches`` draws every batch with ``train.samples_per_class`` images of each class, as the metric losses
+    do, instead of shuffling: the "cross-entropy with balanced batches" baseline of Gupta et al. (their Table 4), where
+    a rare class would otherwise be absent from most batches.
     """
 
-    samples_per_class_min = 0
-
-    def __init__(self, num_classes: int, embedding_dim: int):
+    def __init__(self, num_classes: int, embedding_dim: int, balanced_batches: bool = False):
         super().__init__()
         self.head = nn.Linear(embedding_dim, num_classes)
+        self.samples_per_class_min = 1 if _check_bool("balanced_batches", balanced_batches) else 0
 
     def logits(self, embeddings: Tensor) -> Tensor:
         return self.head(embeddings)
