@@ -400,3 +400,13 @@ def test_class_colours_are_okabe_ito():
     styles = figures._class_styles(KNOWN + ["pollen"], ["pollen"])
     assert [styles[name]["color"] for name in KNOWN] == list(OKABE_ITO[:3])
     assert styles["pollen"]["color"] == UNKNOWN_COLOR
+
+
+def test_display_image_keeps_the_colours_of_a_photograph_and_stretches_instrument_channels():
+    smear = np.zeros((3, 4, 4), np.uint8)
+    smear[0], smear[1], smear[2] = 230, 180, 200  # a pink red cell: equal stretching per channel would turn it grey
+    np.testing.assert_allclose(figures.display_image(smear)[0, 0], np.array([230, 180, 200]) / 255, rtol=1e-6)
+    ifc = np.stack([np.linspace(100, 200, 16).reshape(4, 4), np.linspace(1000, 5000, 16).reshape(4, 4)])
+    shown = figures.display_image(ifc.astype(np.uint16))
+    assert shown.shape == (4, 8)  # two channels side by side, each stretched to [0, 1]
+    assert shown[:, :4].min() == 0 and shown[:, :4].max() == 1 and shown[:, 4:].max() == 1

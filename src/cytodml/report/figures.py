@@ -860,7 +860,14 @@ def class_montage(images: np.ndarray, class_names: list[str], path, per_class: i
 
 
 def display_image(patch: np.ndarray) -> np.ndarray:
-    """A ``C x S x S`` patch as an image in [0, 1]: RGB for three channels, else the channels side by side."""
+    """A ``C x S x S`` patch as an image in [0, 1]: RGB for three channels, else the channels side by side.
+
+    An 8-bit three-channel patch is a colour photograph (a stained smear) and is shown as recorded, since stretching
+    each channel on its own shifts the hues a cytologist reads; other patches (fluorescence, brightfield, uint16
+    channels of an imaging cytometer) are stretched per channel between their 1st and 99th percentiles.
+    """
+    if patch.dtype == np.uint8 and len(patch) == 3:
+        return patch.transpose(1, 2, 0).astype(np.float32) / 255
     pixels = patch.astype(np.float32)
     low, high = np.percentile(pixels, [1, 99], axis=(1, 2), keepdims=True)
     stretched = np.clip((pixels - low) / np.maximum(high - low, 1e-6), 0, 1)
