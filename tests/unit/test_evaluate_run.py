@@ -83,10 +83,23 @@ def test_separated_classes_and_a_far_open_set_class(softmax_results):
     assert open_set.loc["centroid", "false_alarms"] == 0 and open_set.loc["centroid", "threshold"] == 0.98
 
 
+def test_binary_view_is_targets_against_the_rest_on_the_arg_max_without_threshold(softmax_results):
+    predictions = softmax_results["predictions"]
+    targets = [LABELS[name] for name in EXPERIMENT["targets"]]
+    for classifier in ("centroid", "gmm", "knn", "softmax"):
+        test = predictions[(predictions["classifier"] == classifier) & (predictions["subset"] == "test")]
+        truth, called = test["label"].isin(targets), test["predicted"].isin(targets)
+        tp, fn = int((truth & called).sum()), int((truth & ~called).sum())
+        assert metric(softmax_results, classifier, "binary", "tp") == tp
+        assert metric(softmax_results, classifier, "binary", "fn") == fn
+        # the rare view counts only calls at the threshold: never more true positives
+        assert metric(softmax_results, classifier, "rare", "tp") <= tp
+
+
 def test_softmax_probability_makes_a_softmax_classifier_in_every_view(softmax_results):
     results = softmax_results
     metrics = results["metrics"]
-    assert set(metrics.loc[metrics["classifier"] == "softmax", "view"]) == {"multiclass", "rare", "open_set"}
+    assert set(metrics.loc[metrics["classifier"] == "softmax", "view"]) == {"multiclass", "binary", "rare", "open_set"}
     predictions = results["predictions"]
     softmax = predictions[(predictions["classifier"] == "softmax") & (predictions["subset"] == "test")]
     # probability columns follow CLASS_NAMES, predictions are data-set labels

@@ -3,8 +3,10 @@
 Views (the ``view`` column of the metrics table):
 
 - ``multiclass``: the arg-max class of each known test image, no threshold (the papers' accuracy, F1, MCC, confusion);
+- ``binary``: the target classes as positives, an image a target when its arg-max class is one, no threshold (the
+  mitosis-vs-interphase MCC and balanced accuracy of Gupta et al., CVPR-W 2019);
 - ``rare``: the target classes as positives; an image is called a target when its predicted class is a target and its
-  confidence reaches the threshold (Luo et al., RSC Adv 2021; Gupta et al., CVPR-W 2019);
+  confidence reaches the threshold (Luo et al., RSC Adv 2021);
 - ``open_set``: known test images against images of classes never trained on, at the threshold;
 - ``latent``: clustering and retrieval quality of the known test embeddings themselves (classifier ``embedding``);
 - ``episodic`` (episodic protocol): nearest-prototype accuracy over N-way K-shot episodes (classifier ``prototype``).
@@ -199,6 +201,7 @@ def _judge(name: str, classes: np.ndarray, proba: np.ndarray, confidence: np.nda
     if len(rows.target_labels):
         predicted_target = np.isin(predicted, rows.target_labels)
         target_score = proba[:, np.isin(classes, rows.target_labels)].sum(axis=1)
+        metrics += _rows(name, "binary", binary_metrics(rows.is_target[test], predicted_target[test]))
         called_target = predicted_target & (confidence >= threshold)
         rare = binary_metrics(rows.is_target[test], called_target[test])
         rare["auroc"] = auroc(target_score[test], rows.is_target[test])

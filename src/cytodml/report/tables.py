@@ -41,6 +41,7 @@ THREE_DECIMALS = {"auroc", "threshold"}
 # What each paper-style table shows; the CSV beside it holds every metric of the view.
 LAYOUTS = {
     "metrics": ("multiclass", ["accuracy", "balanced_accuracy", "precision_macro", "recall_macro", "f1_macro", "mcc"]),
+    "binary": ("binary", ["sensitivity", "specificity", "precision", "f_score", "balanced_accuracy", "mcc"]),
     "rare": ("rare", ["sensitivity", "specificity", "precision", "f_score", "balanced_accuracy", "mcc", "auroc"]),
     "latent": ("latent", ["silhouette", "davies_bouldin", "precision_at_1", "map_at_r"]),
 }
@@ -273,7 +274,8 @@ def write_tables(
     """Write the study's tables into ``out_dir`` (CSV with snake-case numeric columns, Markdown, LaTeX).
 
     - ``aggregated.csv``: :func:`aggregate`'s long table, every view;
-    - ``metrics``, ``rare``, ``latent`` (.csv/.md/.tex): the multiclass, rare-event and latent-space views, a row per
+    - ``metrics``, ``binary``, ``rare``, ``latent`` (.csv/.md/.tex): the multiclass, targets-vs-rest (arg-max),
+      rare-event (at the threshold) and latent-space views, a row per
       loss x classifier; the CSV has ``{metric}_mean``, ``_std``, ``_p_value`` and ``trials``; a view no trial
       reported is skipped;
     - ``open_set`` (.csv/.md/.tex): false alarms on unseen classes and known images lost, summed over trials;
