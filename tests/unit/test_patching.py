@@ -6,7 +6,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from cytodml.data.patching import COUNT_COLUMNS, PATCH_COLUMNS, content_hash, make_patches
+from cytodml.data.patching import COUNT_COLUMNS, PATCH_COLUMNS, content_hash, foreground, make_patches
 from cytodml.data.sources import ingest
 from cytodml.errors import InputError
 from cytodml.report.figures import class_montage
@@ -221,3 +221,15 @@ def test_class_montage(tmp_path, suffix):
     assert head == (b"\x89PNG" if suffix == ".png" else b"%PDF")
     with pytest.raises(InputError, match="figure format"):
         class_montage(images, names, tmp_path / "m.svg")
+
+
+def test_foreground_of_a_noiseless_image_whose_object_touches_the_border():
+    """A rendered image without noise (a flat 647 background) and an object cut by the frame: the smoothed border is
+    exact but for the object's rim, so its MAD is 0; the plane must still come from the background pixels and the
+    object be found (it once came out NaN, and the mask empty)."""
+    image = np.full((38, 35, 1), 647.0, np.float32)
+    image[0:9, 10:20] += 300  # cut by the top edge
+    image[15:25, 12:22] += 400
+    mask, level = foreground(image, "auto", sigmas=4.0)
+    assert mask[15:25, 12:22].all() and mask[0:9, 10:20].all()
+    assert np.allclose(level, 647.0, atol=1.0)

@@ -236,9 +236,17 @@ def foreground(image: np.ndarray, background, sigmas: float) -> tuple[np.ndarray
     rows, cols = np.nonzero(on_border)
     design = np.stack([np.ones(len(rows)), rows, cols], axis=1)
     values = smooth[rows, cols].astype(np.float64)
-    coef = np.linalg.lstsq(design, values, rcond=None)[0]
-    inliers = np.all(np.abs(values - design @ coef) <= 3 * _robust_sigma(values - design @ coef), axis=1)
-    if inliers.sum() >= 3:
+    # From the border's median level (which an object cut by the frame does not move), twice: drop the pixels more
+    # than 3 sigmas off the plane, refit. The spread is floored at one grey level, as the noise below: on a
+    # noiseless border its MAD is 0, and every pixel the fit misses by a rounding error would be an outlier.
+    coef = np.stack([np.median(values, axis=0), np.zeros(values.shape[1]), np.zeros(values.shape[1])])
+    inliers = np.ones(len(values), bool)
+    for _ in range(2):
+        residual = values - design @ coef
+        kept = np.all(np.abs(residual) <= 3 * np.maximum(_robust_sigma(residual), 1.0), axis=1)
+        if kept.sum() < 3:
+            break
+        inliers = kept
         coef = np.linalg.lstsq(design[inliers], values[inliers], rcond=None)[0]
     noise = np.maximum(_robust_sigma(values[inliers] - design[inliers] @ coef), 1.0)
     if background == "auto":
