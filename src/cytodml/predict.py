@@ -43,7 +43,7 @@ from cytodml.data.patching import QC_FLAGS, make_patches
 from cytodml.data.sources import ingest
 from cytodml.errors import InputError
 from cytodml.evaluate.classifiers import CentroidClassifier, GMMClassifier, KNNClassifier
-from cytodml.evaluate.detection import alarm_count, alarm_rule
+from cytodml.evaluate.detection import BOUND_CONFIDENCE, alarm_count, alarm_rule
 from cytodml.evaluate.metrics import UNKNOWN_NAME
 from cytodml.io import atomic_path, write_csv, write_parquet, write_text
 from cytodml.learn.embed import check_images, embed, load_model
@@ -521,8 +521,8 @@ def summary_markdown(summary: dict, montage: str | None = None) -> str:
         why = (
             f" This is how many a blank sample of {summary['objects']} objects reaches with probability at most "
             f"{rule['false_alarm_rate']:g}, from the classifier's {false_positives} false positive(s) among "
-            f"{negatives} non-target validation images (upper 95% bound on the rate); fewer called targets cannot "
-            "be told from false positives."
+            f"{negatives} non-target validation images (upper {BOUND_CONFIDENCE:.0%} bound on the rate); fewer called "
+            "targets cannot be told from false positives."
         )
     lines = [
         f"# Sample {summary['sample']}",

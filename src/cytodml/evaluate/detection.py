@@ -89,10 +89,8 @@ def alarm_count(rule: dict, objects: int, false_positives: int | None = None, ne
     if false_positives is None or negatives is None:
         raise InputError("alarm.false_alarm_rate: needs the classifier's false positives on validation")
     p = false_positive_bound(false_positives, negatives)
-    if objects < 1 or p == 0:
-        return 1
     # binom.sf(k - 1) = P(X >= k); the least k where it drops to the rate, found on the support 1..objects
-    k = np.arange(1, objects + 1)
+    k = np.arange(1, max(objects, 1) + 1)
     below = np.flatnonzero(binom.sf(k - 1, objects, p) <= rule["false_alarm_rate"])
     return int(k[below[0]]) if len(below) else objects + 1
 

@@ -36,7 +36,7 @@ PERCENT = {
     "map_at_r",
     "recovery",
 }
-COUNTS = {"tp", "fn", "fp", "tn", "unknown_total", "false_alarms", "known_total", "known_lost"}
+COUNTS = {"tp", "fn", "fp", "tn", "unknown_total", "false_alarms", "known_total", "known_lost", "alarm_at"}
 THREE_DECIMALS = {"auroc", "threshold"}
 # What each paper-style table shows; the CSV beside it holds every metric of the view.
 LAYOUTS = {
@@ -319,16 +319,14 @@ def write_tables(
         shown = summary[["loss", "classifier"]].assign(
             **{
                 metric: [format_cell(m, s, metric) for m, s in zip(summary[f"{metric}_mean"], summary[f"{metric}_std"])]
-                for metric in ("sensitivity", "specificity", "recovery")
+                for metric in ("sensitivity", "specificity", "recovery", "alarm_at")
             },
             **{
-                "alarm at": [f"{m:.0f}" if not s > 0 else f"{m:.1f} +- {s:.1f}" for m, s in zip(
-                    summary["alarm_at_mean"], summary["alarm_at_std"])],
                 "alarms, spiked": [f"{a} / {b}" for a, b in zip(summary["spiked_alarms"], summary["spiked_samples"])],
                 "alarms, blank": [f"{a} / {b}" for a, b in zip(summary["blank_alarms"], summary["blank_samples"])],
                 "false positives": summary["false_positives"],
             },
-        )
+        ).rename(columns={"alarm_at": "alarm at"})
         _write_formatted(
             shown,
             "Simulated samples (Luo et al. 2021, Table 5): per trial the mean over its samples, then mean +- standard "
