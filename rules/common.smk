@@ -5,31 +5,31 @@ import sys
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
-from snakemake.utils import validate
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from cytodml.config import (
     channel_indices,
-    check_config,
-    experiment_settings,
+    dump_source,
+    predict_settings,
     resolve_source,
     synthetic_dump,
+    validate_config,
 )
 from cytodml.data.sources import list_classes
 from cytodml.errors import InputError
 
-validate(config, schema="../schemas/config.schema.yaml")
+# The schema (schemas/config.schema.yaml) owns every default: validate_config fills them in, as `cytodml predict`
+# does, and the rules read the filled config. Snakemake's own validate is not used: its defaults skip $ref targets
+# and the defaults that depend on the protocol or the network.
 try:
-    check_config(config, list_classes=list_classes)
+    config.update(validate_config(config, list_classes=list_classes))
 except InputError as error:
     raise WorkflowError(f"config: {error}") from None
 
 DATASETS = config["datasets"]
 LOSSES = config["losses"]
-EXPERIMENTS = {
-    name: experiment_settings(spec) for name, spec in config["experiments"].items()
-}
+EXPERIMENTS = config["experiments"]
 
 
 def _alternatives(names):
@@ -106,6 +106,18 @@ def raw_dump(wildcards):
     return source["path"]
 
 
+# Snakemake compares only the dump's own time stamp, which an edit inside a class folder leaves alone. A rule that
+# reads a dump also takes its signature as a parameter (a function of the wildcards alone, so that Snakemake records
+# it), and a file added, removed or replaced below the dump reruns the rule through the params trigger.
+from cytodml.data.signature import dump_signature
+
+
+def raw_dump_signature(wildcards):
+    """The signature of a user's raw dump; None for a synthetic one, which Snakemake follows as synthesize's output."""
+    source = DATASETS[wildcards.dataset]["source"]
+    return None if source["kind"] == "synthetic" else dump_signature(source)
+
+
 def patches_of(wildcards):
     dataset = dataset_of(wildcards)
     return {
@@ -149,16 +161,8 @@ def trial_evaluations(wildcards):
 
 # ---- predict: a trained model applied to new samples (rules/predict.smk) -------------------------------------------
 
-PREDICT = config.get("predict", {})
+PREDICT = predict_settings(config) if "predict" in config else {}
 PREDICT_SAMPLES = PREDICT.get("samples", {})
-
-if PREDICT:  # cytodml.predict loads torch: only where the config asks for predictions
-    from cytodml.predict import check_predict_config, dump_source
-
-    try:
-        check_predict_config(config, list_classes=list_classes)
-    except InputError as error:
-        raise WorkflowError(f"config: {error}") from None
 
 
 def predict_experiment():
@@ -172,9 +176,9 @@ def predict_dataset():
 def predict_inputs(wildcards):
     """The trained model, its evaluated classifiers and metrics (the threshold), the sample's dump and the gallery."""
     model = PREDICT["model"]
-    trial = f"{model['experiment']}/eval/{model['loss']}/t{model.get('trial', 0)}"
+    trial = f"{model['experiment']}/eval/{model['loss']}/t{model['trial']}"
     inputs = {
-        "model": f"results/{model['experiment']}/models/{model['loss']}/t{model.get('trial', 0)}.pt",
+        "model": f"results/{model['experiment']}/models/{model['loss']}/t{model['trial']}.pt",
         "classifiers": f"results/{trial}/classifiers.joblib",
         "metrics": f"results/{trial}/metrics.csv",
         "dump": PREDICT_SAMPLES[wildcards.sample]["path"],
@@ -194,8 +198,17 @@ def predict_gallery(wildcards):
     return dump_source(predict_dataset()["source"], gallery) if gallery else None
 
 
+def predict_signatures(wildcards):
+    """The signatures of the sample's dump and of the gallery (see raw_dump_signature)."""
+    gallery = predict_gallery(wildcards)
+    return {
+        "sample": dump_signature(predict_source(wildcards)),
+        "gallery": dump_signature(gallery) if gallery else None,
+    }
+
+
 def predict_targets(wildcards):
-    return PREDICT.get("targets", predict_experiment()["targets"])
+    return PREDICT["targets"]
 
 
 # ---- figures of each experiment (rules/report.smk) -----------------------------------------------------------------

@@ -37,6 +37,7 @@ rule ingest:
     params:
         source=source_of,
         channels=lambda wildcards: DATASETS[wildcards.dataset]["channels"],
+        signature=raw_dump_signature,
     script:
         "../scripts/ingest.py"
 
@@ -65,7 +66,7 @@ rule patch:
         "results/benchmarks/{dataset}/patch.tsv"
     conda:
         "../envs/data.yaml"
-    threads: config.get("workers", 2)
+    threads: config["workers"]
     resources:
         mem_mb=4000,
         runtime=60,

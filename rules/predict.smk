@@ -34,20 +34,21 @@ rule predict:
         sample=_alternatives(PREDICT_SAMPLES),
     conda:
         "../envs/train.yaml"
-    threads: config.get("workers", 2)
+    threads: config["workers"]
     resources:
         mem_mb=4000,
         runtime=30,
     params:
         source=predict_source,
         gallery=predict_gallery,
+        signatures=predict_signatures,
         channels=lambda wildcards: predict_dataset()["channels"],
         patch=lambda wildcards: predict_dataset()["patch"],
         classifier=lambda wildcards: PREDICT["model"]["classifier"],
         threshold=lambda wildcards: PREDICT["model"].get("threshold"),
         targets=predict_targets,
-        evaluated_targets=lambda wildcards: predict_experiment().get("targets", []),
-        alarm=lambda wildcards: PREDICT.get("alarm", predict_experiment().get("alarm")),
+        evaluated_targets=lambda wildcards: predict_experiment()["targets"],
+        alarm=lambda wildcards: PREDICT["alarm"],
     script:
         "../scripts/predict.py"
 

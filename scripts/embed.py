@@ -6,10 +6,12 @@ import torch
 
 from cytodml.config import channel_indices
 from cytodml.io import write_parquet
-from cytodml.learn.embed import embedding_table, load_model
+from cytodml.learn.embed import asks_for_gpu, choose_device, describe_device, embedding_table, load_model
 from cytodml.runlog import logged
 
 with logged(snakemake.log[0]) as log:
+    # before any data is read: a job that asked for a GPU and cannot use one stops at once, saying why
+    log.info("device: %s", describe_device(choose_device(require_gpu=asks_for_gpu(snakemake.resources))))
     torch.set_num_threads(snakemake.threads)
     model = load_model(snakemake.input.model)
     channels = channel_indices(snakemake.params.dataset_channels, snakemake.params.experiment.get("channels"))

@@ -4,7 +4,10 @@ from pathlib import Path
 
 import torch
 
-from cytodml.predict import add_gallery, load_detector, predict_sample, read_evaluation, write_prediction
+from cytodml.evaluate.detector import load_detector
+from cytodml.evaluate.operating_point import read_evaluation
+from cytodml.predict import add_gallery, predict_sample
+from cytodml.report.sample import write_prediction
 from cytodml.runlog import logged
 
 with logged(snakemake.log[0]) as log:

@@ -9,11 +9,14 @@ import torch
 from cytodml.config import channel_indices
 from cytodml.data.splits import trial_seed
 from cytodml.io import atomic_path, write_csv
+from cytodml.learn.embed import asks_for_gpu, choose_device, describe_device
 from cytodml.learn.inputs import training_data
 from cytodml.learn.trainer import train
 from cytodml.runlog import logged
 
 with logged(snakemake.log[0]) as log:
+    # before any data is read: a job that asked for a GPU and cannot use one stops at once, saying why
+    log.info("device: %s", describe_device(choose_device(require_gpu=asks_for_gpu(snakemake.resources))))
     experiment = snakemake.params.experiment
     channels = channel_indices(snakemake.params.dataset_channels, experiment.get("channels"))
     train_images, train_labels, val_images, val_labels, class_names = training_data(
@@ -34,7 +37,7 @@ with logged(snakemake.log[0]) as log:
         val_labels,
         network=experiment["network"],
         loss_spec=snakemake.params.loss,
-        train_spec=experiment.get("train", {}),
+        train_spec=experiment["train"],
         class_names=class_names,
         channel_names=[snakemake.params.dataset_channels[index] for index in channels],
         seed=trial_seed(snakemake.params.seed, snakemake.params.dataset, int(snakemake.wildcards.trial)),

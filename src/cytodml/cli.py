@@ -1,8 +1,8 @@
 """The ``cytodml`` command: detect targets in a new sample, and add example images of a new class to a classifier.
 
 The patch settings and channels of a dump come from the study config that trained the model (``--config``,
-``--experiment``): the data set's ``patch:`` block has five settings (mode, size, downscale, background, threshold)
-that must all match training, and the file that trained the model holds them; the model bundle's image size and
+``--experiment``): the data set's ``patch:`` block (mode, size, downscale, background, noise_sigmas,
+foreground_fraction) must match training, and the file that trained the model holds them; the model bundle's image size and
 channel names are then checked against them. Bad input ends the command with exit status 2 and a one-line message.
 """
 
@@ -12,17 +12,13 @@ from pathlib import Path
 
 import torch
 
-from cytodml.config import experiment_settings, load_config
+from cytodml.config import dump_source, load_config, predict_settings, validate_config
 from cytodml.errors import InputError
-from cytodml.predict import (
-    add_gallery,
-    dump_source,
-    load_detector,
-    predict_sample,
-    read_evaluation,
-    save_detector,
-    write_prediction,
-)
+from cytodml.evaluate.detection import alarm_rule
+from cytodml.evaluate.detector import load_detector, save_detector
+from cytodml.evaluate.operating_point import read_evaluation
+from cytodml.predict import add_gallery, predict_sample
+from cytodml.report.sample import write_prediction
 
 SOURCE_KINDS = ("folder", "synthetic", "montage", "medmnist", "manifest")
 
@@ -41,22 +37,25 @@ def main(argv=None) -> int:
 
 
 def predict(args) -> None:
-    dataset, experiment = _study(args.config, args.experiment)
+    config, dataset, experiment = _study(args.config, args.experiment)
     detector = load_detector(args.model, args.classifiers, args.classifier)
-    targets = args.targets if args.targets is not None else experiment["targets"]
+    # what the command line sets, as a config's predict: block would; the rest comes from the experiment
+    asked = {"model": {"experiment": args.experiment}}
+    if args.targets is not None:
+        asked["targets"] = args.targets
+    if args.min_targets is not None:
+        asked["alarm"] = {"min_targets": args.min_targets}
+    elif args.false_alarm_rate is not None:
+        asked["alarm"] = {"false_alarm_rate": args.false_alarm_rate}
+    settings = predict_settings(config | {"predict": asked})
+    targets, alarm = settings["targets"], alarm_rule(settings["alarm"], "--min-targets / --false-alarm-rate")
     threshold, validation = read_evaluation(
         args.metrics or Path(args.classifiers).parent / "metrics.csv",
         args.classifier,
         threshold=args.threshold,
         targets=targets,
-        evaluated_targets=experiment.get("targets", []),
+        evaluated_targets=experiment["targets"],
     )
-    if args.min_targets is not None:
-        alarm = {"min_targets": args.min_targets}
-    elif args.false_alarm_rate is not None:
-        alarm = {"false_alarm_rate": args.false_alarm_rate}
-    else:
-        alarm = experiment.get("alarm")
     result = predict_sample(
         dump_source(dataset["source"], _dump(args.dump, args.kind)),
         detector,
@@ -79,7 +78,7 @@ def predict(args) -> None:
 
 
 def gallery(args) -> None:
-    dataset, _ = _study(args.config, args.experiment)
+    _, dataset, _ = _study(args.config, args.experiment)
     detector = load_detector(args.model, args.classifiers, args.classifier)
     extended = add_gallery(
         detector,
@@ -96,22 +95,22 @@ def gallery(args) -> None:
     )
 
 
-def _study(config_path, experiment_name: str) -> tuple[dict, dict]:
-    """The data set and experiment blocks of ``experiment_name`` in the study config."""
+def _study(config_path, experiment_name: str) -> tuple[dict, dict, dict]:
+    """The study config, validated and its defaults filled in as the workflow does, and the data set and experiment
+    blocks of ``experiment_name``."""
     try:
         config = load_config(config_path)
     except FileNotFoundError:
         raise InputError(f"--config: {config_path} not found") from None
-    experiments = config.get("experiments") or {}
+    try:
+        config = validate_config(config)
+    except InputError as error:
+        raise InputError(f"--config {config_path}: {error}") from None
+    experiments = config["experiments"]
     if experiment_name not in experiments:
         raise InputError(f"--experiment: {config_path} has no experiment '{experiment_name}' ({sorted(experiments)})")
-    experiment = experiment_settings(experiments[experiment_name])
-    datasets = config.get("datasets") or {}
-    if experiment["dataset"] not in datasets:
-        raise InputError(
-            f"{config_path}: experiments.{experiment_name}.dataset '{experiment['dataset']}' is not defined"
-        )
-    return datasets[experiment["dataset"]], experiment
+    experiment = experiments[experiment_name]
+    return config, config["datasets"][experiment["dataset"]], experiment
 
 
 def _dump(path: str, kind: str | None) -> dict:

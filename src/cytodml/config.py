@@ -1,24 +1,183 @@
-"""What the JSON schema cannot say about a study config: cross-references, and the defaults that depend on the protocol.
+"""The study config: its schema, the one owner of every default, and what the schema cannot say.
 
-The schema (``schemas/config.schema.yaml``) checks types, ranges, required and unknown keys; :func:`check_config`
-checks that names point at things that exist: an experiment's data set, losses, channels, target and open-set classes,
-and the experiments that ``run:`` lists. Every error names the config key at fault.
+The schema (``config.schema.yaml`` in this package; ``schemas/config.schema.yaml`` links to it) holds every key, its
+type, range and default, and the defaults that depend on another key (a protocol's split fractions and offline
+augmentation, a network's embedding size) as ``if``/``then`` branches. :func:`validate_config` fills those defaults in
+and checks the result; the workflow (``rules/common.smk``) and the ``cytodml`` command both read a config through it, and
+library functions that take one block of it (``augment:``, ``train:``, a loss, ...) fill that block from the same
+schema with :func:`fill` or :func:`checked`, so no default is written twice. :func:`check_config` checks what the schema
+cannot: that names point at things that exist. Every error names the config key at fault.
 """
 
+import copy
+from functools import cache
+from pathlib import Path
+
+import jsonschema
 import yaml
 
 from cytodml.errors import InputError
 
-#: split fractions by protocol where the experiment gives none (48/12/40: Luo et al. 2021; 6/6/88: the blood-cell paper)
-DEFAULT_FRACTIONS = {
-    "full": {"train": 0.48, "val": 0.12, "test": 0.40},
-    "fewshot": {"train": 0.48, "val": 0.12, "test": 0.40},
-    "episodic": {"train": 0.06, "val": 0.06, "test": 0.88},
-}
-#: augmentation is the rare-bioparticle protocol; the constellation paper trains few-shot without it
-DEFAULT_AUGMENT_COUNT = {"full": 10000, "fewshot": 0, "episodic": 0}
+SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
 #: results/<name>/ is shared by data sets and experiments, and results/predict/ belongs to the predict rule
 RESERVED_NAMES = {"predict", "benchmarks"}
+#: the config blocks library functions take on their own, by where the schema defines them
+BLOCKS = {
+    "config": "",
+    "source": "/$defs/source",
+    "dataset": "/$defs/dataset",
+    "patch": "/$defs/dataset/properties/patch",
+    "loss": "/$defs/loss",
+    "experiment": "/$defs/experiment",
+    "network": "/$defs/experiment/properties/network",
+    "train": "/$defs/experiment/properties/train",
+    "augment": "/$defs/experiment/properties/augment",
+    "classifiers": "/$defs/experiment/properties/classifiers",
+    "threshold": "/$defs/experiment/properties/threshold",
+    "spiked": "/$defs/experiment/properties/spiked",
+    "episodes": "/$defs/experiment/properties/episodes",
+    "alarm": "/$defs/alarm",
+    "predict": "/$defs/predict",
+}
+
+
+@cache
+def schema() -> dict:
+    """The config schema (JSON Schema 2020-12, written in YAML)."""
+    return yaml.safe_load(SCHEMA_PATH.read_text())
+
+
+@cache
+def _validator() -> jsonschema.Draft202012Validator:
+    return jsonschema.Draft202012Validator(schema())
+
+
+def _block(name: str) -> dict:
+    if name not in BLOCKS:
+        raise KeyError(f"no config block {name!r}; known: {', '.join(BLOCKS)}")
+    return _validator().resolver.resolve(f"#{BLOCKS[name]}")[1] if BLOCKS[name] else schema()
+
+
+PROTOCOLS = tuple(schema()["$defs"]["experiment"]["properties"]["protocol"]["enum"])
+
+
+def _resolve(subschema: dict) -> dict:
+    """``subschema`` with a ``$ref`` replaced by its target (keys beside the ``$ref`` win)."""
+    while "$ref" in subschema:
+        target = _validator().resolver.resolve(subschema["$ref"])[1]
+        subschema = {**target, **{k: v for k, v in subschema.items() if k != "$ref"}}
+    return subschema
+
+
+def _fits(instance, subschema: dict) -> bool:
+    return _validator().evolve(schema=subschema).is_valid(instance)
+
+
+def _refuse_renamed(instance: dict, subschema: dict, path: tuple) -> None:
+    """A key the schema lists under ``x-renamed`` (old name -> what replaced it) raises :class:`InputError` naming the
+    new key: a config written for an older cytodml fails saying what to write instead."""
+    for old, new in subschema.get("x-renamed", {}).items():
+        if old in instance:
+            raise InputError(f"{_where('', (*path, old))}: renamed; write {new}")
+
+
+def _fill(instance, subschema: dict, path: tuple = ()) -> None:
+    """Fill the defaults ``subschema`` gives into ``instance`` in place, depth first (``path``: where it sits).
+
+    Defaults come from ``properties`` (and ``$ref`` targets), then from the ``then`` (or ``else``) of each ``allOf``
+    branch whose ``if`` the instance meets, then from the one ``oneOf`` / ``anyOf`` branch it fits; a key the user set
+    is never overwritten, so the first default that applies to a key is the one it gets.
+    """
+    subschema = _resolve(subschema)
+    if isinstance(instance, dict):
+        for branch in [subschema, *subschema.get("oneOf", []), *subschema.get("anyOf", [])]:
+            _refuse_renamed(instance, _resolve(branch), path)
+        properties = subschema.get("properties", {})
+        for key, property_schema in properties.items():
+            property_schema = _resolve(property_schema)
+            if key not in instance and "default" in property_schema:
+                instance[key] = copy.deepcopy(property_schema["default"])
+            if key in instance:
+                _fill(instance[key], property_schema, (*path, key))
+        extra = subschema.get("additionalProperties")
+        if isinstance(extra, dict):
+            for key in instance.keys() - properties.keys():
+                _fill(instance[key], extra, (*path, key))
+    elif isinstance(instance, list) and isinstance(subschema.get("items"), dict):
+        for index, item in enumerate(instance):
+            _fill(item, subschema["items"], (*path, index))
+    for branch in subschema.get("allOf", []):
+        if "if" not in branch:
+            _fill(instance, branch, path)
+        elif _fits(instance, branch["if"]):
+            _fill(instance, branch.get("then", {}), path)
+        elif "else" in branch:
+            _fill(instance, branch["else"], path)
+    for keyword in ("oneOf", "anyOf"):
+        fitting = [branch for branch in subschema.get(keyword, []) if _fits(instance, branch)]
+        if fitting:
+            _fill(instance, fitting[0], path)
+
+
+def fill(block: str, value, where: str = ""):
+    """A copy of ``value``, a config block (:data:`BLOCKS`: ``"train"``, ``"loss"``, ``"experiment"``, ...), with the
+    schema's defaults filled in; only renamed keys are refused (naming ``where``), nothing else is checked (see
+    :func:`checked`)."""
+    filled = copy.deepcopy(value)
+    _fill(filled, _block(block), tuple(where.split(".")) if where else ())
+    return filled
+
+
+def _where(prefix: str, path) -> str:
+    where = prefix
+    for part in path:
+        where += f"[{part}]" if isinstance(part, int) else (f".{part}" if where else str(part))
+    return where or "config"
+
+
+def checked(block: str, value, where: str = "", partial: bool = False):
+    """:func:`fill`, then the schema's checks: the first error raises :class:`InputError` naming the key.
+
+    ``where`` is the block's key in the config (e.g. ``losses.triplet``), prefixed to the key in the message.
+    ``partial``: ``value`` holds some of the block's keys (those a rule passes on), so the block's own required keys
+    may be absent.
+    """
+    filled = fill(block, value, where)
+    errors = _validator().evolve(schema=_block(block)).iter_errors(filled)
+    if partial:
+        errors = (error for error in errors if error.validator != "required" or error.absolute_path)
+    error = jsonschema.exceptions.best_match(errors)
+    if error is None:
+        return filled
+    path, message = list(error.absolute_path), error.message
+    if error.validator == "additionalProperties":
+        known = error.schema.get("properties", {})
+        path.append(sorted(set(error.instance) - set(known))[0])
+        message = f"unknown key; known: {', '.join(known)}"
+    elif error.validator == "required":
+        path.append(next(key for key in error.validator_value if key not in error.instance))
+        message = "required, missing"
+    raise InputError(f"{_where(where, path)}: {message}")
+
+
+def validate_config(config: dict, list_classes=None) -> dict:
+    """The study config with every default filled in, after the schema's checks, :func:`check_config`'s and, where
+    it has a ``predict:`` block, :func:`check_predict_config`'s; ``list_classes`` as for :func:`check_config`."""
+    filled = checked("config", config)
+    check_config(filled, list_classes=list_classes)
+    if "predict" in filled:
+        check_predict_config(filled, list_classes=list_classes)
+    return filled
+
+
+def predict_settings(config: dict) -> dict:
+    """The filled config's ``predict:`` block with what it takes from its experiment where it names nothing itself:
+    the targets and the alarm rule (``model.threshold`` absent means the threshold the evaluation applied)."""
+    predict = copy.deepcopy(config["predict"])
+    experiment = config["experiments"][predict["model"]["experiment"]]
+    predict.setdefault("targets", experiment["targets"])
+    predict.setdefault("alarm", experiment["alarm"])
+    return predict
 
 
 def synthetic_dump(dataset: str) -> str:
@@ -34,22 +193,6 @@ def resolve_source(dataset: str, spec: dict) -> dict:
     return source
 
 
-def experiment_settings(experiment: dict) -> dict:
-    """An experiment block with the protocol-dependent defaults filled in (the schema's defaults are protocol-free)."""
-    protocol = experiment["protocol"]
-    settings = dict(experiment)
-    settings.setdefault("fractions", DEFAULT_FRACTIONS[protocol])
-    settings.setdefault("trials", 3)
-    augment = dict(experiment.get("augment", {}))
-    augment.setdefault("count", DEFAULT_AUGMENT_COUNT[protocol])
-    settings["augment"] = augment
-    settings.setdefault("classifiers", {"centroid": {}, "knn": {}})
-    settings.setdefault("threshold", 0.98)
-    settings.setdefault("targets", [])
-    settings.setdefault("open_set", [])
-    return settings
-
-
 def channel_indices(dataset_channels: list[str], experiment_channels: list[str] | None) -> list[int]:
     """Positions of an experiment's channels on the patches' channel axis (all channels when it names none)."""
     if not experiment_channels:
@@ -58,18 +201,30 @@ def channel_indices(dataset_channels: list[str], experiment_channels: list[str] 
 
 
 def load_config(path) -> dict:
-    """Read a YAML config (a test or a preset) without Snakemake."""
+    """Read a YAML config (a test or a preset) as written, defaults not filled in (:func:`validate_config` does)."""
     with open(path) as handle:
         return yaml.safe_load(handle)
 
 
 def check_config(config: dict, list_classes=None) -> None:
-    """Raise :class:`InputError` naming the key of the first broken cross-reference.
+    """Raise :class:`InputError` naming the key of the first broken cross-reference of a filled config.
 
     ``list_classes(source) -> list[str] | None`` tells a data set's classes cheaply (None: not knowable before ingest);
     class checks are skipped where it is not given or returns None.
     """
-    datasets, losses, experiments = config["datasets"], config["losses"], config["experiments"]
+    _check_names(config)
+    for name, experiment in config["experiments"].items():
+        key = f"experiments.{name}"
+        dataset = _check_experiment(config, key, experiment)
+        classes = list_classes(resolve_source(experiment["dataset"], dataset)) if list_classes else None
+        if classes is not None:
+            _check_classes(key, experiment, classes)
+
+
+def _check_names(config: dict) -> None:
+    """Data sets and experiments own results/<name>/, so their names differ from each other and from reserved ones;
+    ``run:`` names experiments."""
+    datasets, experiments = config["datasets"], config["experiments"]
     for name in list(datasets) + list(experiments):
         if name in RESERVED_NAMES:
             raise InputError(f"'{name}' is reserved for results/{name}/; rename it in the config")
@@ -81,37 +236,148 @@ def check_config(config: dict, list_classes=None) -> None:
     for index, name in enumerate(config["run"]):
         if name not in experiments:
             raise InputError(f"run[{index}]: unknown experiment '{name}' (known: {sorted(experiments)})")
-    for name, experiment in experiments.items():
-        key = f"experiments.{name}"
-        if experiment["dataset"] not in datasets:
-            raise InputError(f"{key}.dataset: unknown data set '{experiment['dataset']}' (known: {sorted(datasets)})")
-        dataset = datasets[experiment["dataset"]]
-        for index, loss in enumerate(experiment["losses"]):
-            if loss not in losses:
-                raise InputError(f"{key}.losses[{index}]: unknown loss '{loss}' (known: {sorted(losses)})")
-        for index, channel in enumerate(experiment.get("channels", [])):
-            if channel not in dataset["channels"]:
+
+
+def _check_experiment(config: dict, key: str, experiment: dict) -> dict:
+    """The experiment's data set, losses and channels exist, its fractions sum to 1, a few-shot one names its shots,
+    and no class is both a target and open set; returns the data set block."""
+    datasets, losses = config["datasets"], config["losses"]
+    if experiment["dataset"] not in datasets:
+        raise InputError(f"{key}.dataset: unknown data set '{experiment['dataset']}' (known: {sorted(datasets)})")
+    dataset = datasets[experiment["dataset"]]
+    for index, loss in enumerate(experiment["losses"]):
+        if loss not in losses:
+            raise InputError(f"{key}.losses[{index}]: unknown loss '{loss}' (known: {sorted(losses)})")
+    for index, channel in enumerate(experiment.get("channels", [])):
+        if channel not in dataset["channels"]:
+            raise InputError(
+                f"{key}.channels[{index}]: data set '{experiment['dataset']}' has no channel '{channel}' "
+                f"(it has {dataset['channels']})"
+            )
+    fractions = experiment["fractions"]
+    if abs(sum(fractions.values()) - 1) > 1e-6:
+        raise InputError(f"{key}.fractions: train + val + test = {sum(fractions.values()):.3f}, must be 1")
+    if experiment["protocol"] == "fewshot" and "shots" not in experiment:
+        raise InputError(f"{key}.shots: the fewshot protocol needs the number of training images per class")
+    overlap = set(experiment["targets"]) & set(experiment["open_set"])
+    if overlap:
+        raise InputError(f"{key}: {sorted(overlap)} listed both as targets and as open-set classes")
+    return dataset
+
+
+def _check_classes(key: str, experiment: dict, classes: list[str]) -> None:
+    """Targets and open-set classes are classes of the data set, and at least two known classes remain."""
+    for field in ("targets", "open_set"):
+        for index, class_name in enumerate(experiment[field]):
+            if class_name not in classes:
                 raise InputError(
-                    f"{key}.channels[{index}]: data set '{experiment['dataset']}' has no channel '{channel}' "
-                    f"(it has {dataset['channels']})"
+                    f"{key}.{field}[{index}]: data set '{experiment['dataset']}' has no class '{class_name}' "
+                    f"(it has {classes})"
                 )
-        fractions = experiment.get("fractions")
-        if fractions and abs(sum(fractions.values()) - 1) > 1e-6:
-            raise InputError(f"{key}.fractions: train + val + test = {sum(fractions.values()):.3f}, must be 1")
-        if experiment["protocol"] == "fewshot" and "shots" not in experiment:
-            raise InputError(f"{key}.shots: the fewshot protocol needs the number of training images per class")
-        overlap = set(experiment.get("targets", [])) & set(experiment.get("open_set", []))
-        if overlap:
-            raise InputError(f"{key}: {sorted(overlap)} listed both as targets and as open-set classes")
-        classes = list_classes(resolve_source(experiment["dataset"], dataset)) if list_classes else None
-        if classes is None:
-            continue
-        for field in ("targets", "open_set"):
-            for index, class_name in enumerate(experiment.get(field, [])):
-                if class_name not in classes:
-                    raise InputError(
-                        f"{key}.{field}[{index}]: data set '{experiment['dataset']}' has no class '{class_name}' "
-                        f"(it has {classes})"
-                    )
-        if len(set(classes) - set(experiment.get("open_set", []))) < 2:
-            raise InputError(f"{key}.open_set: fewer than two known classes would be left to train on")
+    if len(set(classes) - set(experiment["open_set"])) < 2:
+        raise InputError(f"{key}.open_set: fewer than two known classes would be left to train on")
+
+
+# ------------------------------------------------------------------------------------------------- the predict: block
+# Like check_config, these read only the filled config: the workflow checks a predict: block and completes a dump's
+# source: block before any network code is loaded, and `cytodml predict` does the same with the same functions.
+
+#: keys of a data set's ``source:`` block that describe how its files are laid out, inherited by a dump of that kind
+LAYOUT_KEYS = ("channel_tokens", "group_pattern", "tile_size", "root", "class_names")
+#: classifiers whose fitted state takes new classes without refitting (their ``add_classes``)
+GALLERY_CLASSIFIERS = ("centroid", "knn")
+
+
+def dump_source(dataset_source: dict, dump: dict) -> dict:
+    """The ``source:`` block of a new dump: its own keys, the rest of its layout from the model's data set.
+
+    ``dump`` holds at least ``path``; its ``kind`` defaults to the data set's, and a dump of the data set's kind
+    inherits the layout keys (:data:`LAYOUT_KEYS`: channel tokens, tile size, ...) it does not set, since a new sample
+    from the same instrument is exported the same way.
+    """
+    if not dump.get("path"):
+        raise InputError("dump: the path of the raw dump is missing")
+    kind = dump.get("kind", dataset_source["kind"])
+    source = {"kind": kind}
+    if kind == dataset_source["kind"]:
+        source |= {key: dataset_source[key] for key in LAYOUT_KEYS if key in dataset_source}
+    return source | dict(dump)
+
+
+def check_predict_config(config: dict, list_classes=None) -> None:
+    """Raise :class:`InputError` naming the key of the first broken cross-reference of a filled config's ``predict:``
+    block (:func:`validate_config`).
+
+    The model must name an experiment, one of its losses, one of its trials and one of its classifiers; a gallery
+    needs a centroid or kNN classifier; a calibrated alarm needs the evaluation's threshold and targets; targets must be
+    classes of the data set (or of the gallery), where ``list_classes(source)`` can tell them.
+    """
+    experiment = _check_predict_model(config)
+    predict = predict_settings(config)
+    _check_calibrated_alarm(config, experiment, predict)
+    if list_classes is None or "targets" not in config["predict"]:
+        return
+    known = _predict_classes(config, experiment, predict, list_classes)
+    if known is None:
+        return
+    for index, target in enumerate(predict["targets"]):
+        if target not in known:
+            raise InputError(
+                f"predict.targets[{index}]: '{target}' is not a class the model or gallery knows ({sorted(known)})"
+            )
+
+
+def _check_predict_model(config: dict) -> dict:
+    """The model names an experiment and one of its losses, trials and classifiers, and a gallery one that takes new
+    classes; returns the experiment block."""
+    predict = config["predict"]
+    model, experiments = predict["model"], config["experiments"]
+    if model["experiment"] not in experiments:
+        raise InputError(
+            f"predict.model.experiment: unknown experiment '{model['experiment']}' ({sorted(experiments)})"
+        )
+    experiment = experiments[model["experiment"]]
+    if model["loss"] not in experiment["losses"]:
+        raise InputError(f"predict.model.loss: '{model['loss']}' is not among the experiment's {experiment['losses']}")
+    if model["trial"] >= experiment["trials"]:
+        raise InputError(
+            f"predict.model.trial: {model['trial']}, but the experiment has {experiment['trials']} trial(s)"
+        )
+    if model["classifier"] not in experiment["classifiers"]:
+        raise InputError(
+            f"predict.model.classifier: '{model['classifier']}' is not among the experiment's "
+            f"{sorted(experiment['classifiers'])}"
+        )
+    if predict.get("gallery") and model["classifier"] not in GALLERY_CLASSIFIERS:
+        raise InputError(f"predict.gallery: extends {' or '.join(GALLERY_CLASSIFIERS)}, not '{model['classifier']}'")
+    return experiment
+
+
+def _check_calibrated_alarm(config: dict, experiment: dict, predict: dict) -> None:
+    """A ``false_alarm_rate`` rule rests on the validation false positives the evaluation counted, so only at the
+    evaluation's own threshold and targets (``predict``: :func:`predict_settings`)."""
+    model, evaluated = predict["model"], sorted(experiment["targets"])
+    if "false_alarm_rate" in predict["alarm"] and (
+        "threshold" in model or not evaluated or sorted(predict["targets"]) != evaluated
+    ):
+        where = "predict.alarm" if "alarm" in config["predict"] else f"experiments.{model['experiment']}.alarm"
+        raise InputError(
+            f"{where}: a false_alarm_rate rule rests on the evaluation's false positives at its own threshold and "
+            "targets; drop predict.model.threshold and predict.targets, or give predict.alarm: {min_targets: k}"
+        )
+
+
+def _predict_classes(config: dict, experiment: dict, predict: dict, list_classes) -> set[str] | None:
+    """The classes the model learned (the data set's, less the open set) and those the gallery adds; None where
+    ``list_classes`` cannot tell before ingest."""
+    dataset = config["datasets"][experiment["dataset"]]
+    classes = list_classes(resolve_source(experiment["dataset"], dataset))
+    if classes is None:
+        return None
+    known = set(classes) - set(experiment["open_set"])
+    if predict.get("gallery"):
+        gallery = list_classes(dump_source(dataset["source"], predict["gallery"]))
+        if gallery is None:
+            return None
+        known |= set(gallery)
+    return known

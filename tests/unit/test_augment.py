@@ -144,12 +144,13 @@ def test_zoom_magnifies_about_the_centre():
         ({"rotation": 270}, "augment.rotation"),
         ({"zoom": [1.2, 0.8]}, "augment.zoom"),
         ({"mirror": True}, "mirror"),
+        ({"flips": False}, "augment.count"),
     ],
 )
 def test_bad_spec_names_the_key(spec, key):
     images, labels, source_index = training_set()
     with pytest.raises(InputError, match=key):
-        augment(images, labels, source_index, spec, seed=0)
+        augment(images, labels, source_index, {"count": 10, **spec} if "count" not in key else spec, seed=0)
 
 
 def test_bad_images_are_refused():

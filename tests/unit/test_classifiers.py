@@ -195,14 +195,14 @@ def test_select_on_validation_without_validation_data_uses_the_defaults():
     _, svm = select_on_validation("svm", {}, X, y, None, None, seed=0)
     assert svm == {"C": 1.0, "gamma": "scale"}
     _, gmm = select_on_validation("gmm", {"covariance": "diag"}, X, y, np.empty((0, 2)), [], seed=0)
-    assert gmm == {"components": 1, "covariance": "diag", "reg_covar": 1e-6, "priors": "uniform", "outlier_alpha": 1e-3}
+    assert gmm == {"components": 1, "covariance": "diag", "reg_covar": 1e-6, "priors": "uniform", "outlier_alpha": None}
 
 
 @pytest.mark.parametrize("name", ["centroid", "gmm"])
 def test_confidence_rejects_objects_far_from_every_class(name):
     """A posterior is normalised over known classes; the confidence must also fall with distance (unseen types)."""
     X, y = blobs(10.0, per_class=200)
-    classifier = build_classifier(name, {}, seed=0).fit(X, y)
+    classifier = build_classifier(name, {"outlier_alpha": 0.001}, seed=0).fit(X, y)
     centres = np.array([X[y == label].mean(axis=0) for label in np.unique(y)])
     far = centres + np.array([[-50.0, -50.0], [70.0, 0.0], [0.0, 70.0]])  # each beyond one class, away from the rest
     assert classifier.predict_proba(far).max(axis=1).min() > 0.98  # the posterior alone is confidently wrong
@@ -211,6 +211,29 @@ def test_confidence_rejects_objects_far_from_every_class(name):
     np.testing.assert_allclose(inside, classifier.predict_proba(centres).max(axis=1))
     # about alpha of a class's own Gaussian members fall outside its region: few known images are lost
     assert np.mean(classifier.confidence(X) < 0.5) < 0.02
+
+
+@pytest.mark.parametrize("name", ["centroid", "gmm"])
+def test_without_outlier_alpha_the_confidence_is_the_posterior(name):
+    """outlier_alpha None, the default: the paper's confidence, the posterior alone, far objects and calibration too."""
+    X, y = blobs(10.0, per_class=200)
+    classifier = build_classifier(name, {}, seed=0).fit(X, y)
+    assert classifier.outlier_alpha is None  # the default
+    centres = np.array([X[y == label].mean(axis=0) for label in np.unique(y)])
+    far = centres + np.array([[-50.0, -50.0], [70.0, 0.0], [0.0, 70.0]])
+    queries = np.concatenate([X, far, centres + 200.0])
+    classifier.calibrate(3.0 * X, y)  # a wide validation set would change the typicality factor, not the posterior
+    np.testing.assert_array_equal(classifier.confidence(queries), classifier.predict_proba(queries).max(axis=1))
+    assert classifier.confidence(far).min() > 0.98  # confidently wrong: what the typicality factor exists to stop
+    assert build_classifier(name, {"outlier_alpha": 0.001}, seed=0).fit(X, y).confidence(far).max() < 1e-6
+
+
+@pytest.mark.parametrize("value", [0, 1, 1.5, -0.1, "0.01", True, float("nan")])
+def test_outlier_alpha_is_a_number_in_the_open_unit_interval_or_none(value):
+    with pytest.raises(
+        InputError, match=r"classifiers\.gmm\.outlier_alpha = .*: expected a number in \(0, 1\), or None"
+    ):
+        build_classifier("gmm", {"outlier_alpha": value}, seed=0)
 
 
 def test_typicality_factor_is_the_chi_square_tail():
@@ -252,7 +275,7 @@ def test_build_classifier_passes_the_seed_and_stores_params_unchanged():
         "reg_covar": 1e-6,
         "seed": 7,
         "priors": "uniform",
-        "outlier_alpha": 0.001,
+        "outlier_alpha": None,
     }
 
 
@@ -294,8 +317,8 @@ def test_calibration_on_validation_keeps_held_out_known_images(name):
     centres = np.array([X[y == label].mean(axis=0) for label in np.unique(y)])
     X_val, y_val = blobs(30.0, per_class=100, seed=1)
     X_test, y_test = blobs(30.0, per_class=100, seed=2)
-    widen = lambda points, labels: centres[labels] + 3.0 * (points - centres[labels])  # noqa: E731
-    classifier = build_classifier(name, {}, seed=0).fit(X, y)
+    widen = lambda points, labels: centres[labels] + 3.0 * (points - centres[labels])
+    classifier = build_classifier(name, {"outlier_alpha": 0.001}, seed=0).fit(X, y)
     lost_before = np.mean(classifier.confidence(widen(X_test, y_test)) < 0.98)
     classifier.calibrate(widen(X_val, y_val), y_val)
     lost_after = np.mean(classifier.confidence(widen(X_test, y_test)) < 0.98)

@@ -109,5 +109,25 @@ def test_env_covers_every_import_of_its_rules(script, env):
     assert not missing, f"{script} imports {sorted(missing)}, which {env} does not install"
 
 
+def rule_blocks() -> dict[str, str]:
+    """rule name -> the text of its block, from the Snakefile and every rules/*.smk."""
+    blocks = {}
+    for path in [ROOT / "Snakefile", *sorted((ROOT / "rules").glob("*.smk"))]:
+        for block in re.split(r"\n(?=rule \w+:)", path.read_text()):
+            if match := re.match(r"rule (\w+):", block):
+                blocks[match.group(1)] = block
+    return blocks
+
+
 def test_every_rule_runs_a_script_with_an_env():
-    assert len(rule_envs()) >= 10
+    """Every rule that makes files runs one of scripts/ in one of envs/ (a rule without outputs only names targets),
+    and every file of scripts/ is a rule's."""
+    blocks = rule_blocks()
+    makers = {name for name, block in blocks.items() if re.search(r"^    output:", block, flags=re.MULTILINE)}
+    assert makers and "all" not in makers
+    runs = {name: re.search(r'script:\s*\n\s*"\.\./(scripts/[\w.]+)"', blocks[name]) for name in makers}
+    assert [name for name, script in runs.items() if not script] == [], "rules that make files without a script"
+    envs = rule_envs()
+    assert {script.group(1) for script in runs.values()} == set(envs)
+    assert set(envs) == {f"scripts/{path.name}" for path in (ROOT / "scripts").glob("*.py")}
+    assert all((ROOT / env).is_file() for env in envs.values()), envs

@@ -1,10 +1,13 @@
 """One trial's evaluation end to end on synthetic embeddings tables, and the files it writes."""
 
+import logging
+
 import joblib
 import numpy as np
 import pandas as pd
 import pytest
 
+from cytodml.config import fill
 from cytodml.errors import InputError
 from cytodml.evaluate.detection import choose_threshold
 from cytodml.evaluate.run import evaluate_trial, write_trial
@@ -124,15 +127,48 @@ def test_tables_have_their_contracted_columns(softmax_results):
     unknown_row = open_view[open_view["actual"] == "unknown"].set_index("predicted")["count"]
     assert unknown_row.sum() == 45 and unknown_row["unknown"] == 45
     spiked = results["spiked"][results["spiked"]["classifier"] == "centroid"]
-    assert list(spiked["sample"]) == ["1", "2", "3", "4", "5", "mean"]
+    assert list(spiked.columns[:4]) == ["classifier", "sample", "kind", "target"]
+    assert {"background", "reported", "recovery", "alarm_at", "alarm", "threshold"} <= set(spiked.columns)
+    assert list(spiked["sample"]) == ["1", "2", "3", "4", "5", "mean", "mean"]
+    assert list(spiked["target"]) == ["cryptosporidium"] * 3 + ["", "", "cryptosporidium", "all"]
     assert list(spiked["spikes"].iloc[:5]) == [2, 3, 4, 0, 0]
-    # background defaults to the whole non-target pool (60 debris and giardia + 45 pollen) when smaller than 2000
-    assert spiked["images"].iloc[3] == 105 and not spiked["background_resampled"].any()
     assert results["episodes"].empty
 
 
+def background_shrinks_to_the_pool(spiked: pd.DataFrame, pool: int) -> None:
+    """Every sample of every classifier holds the whole pool of non-target test and open-set images, once."""
+    samples = spiked[spiked["sample"] != "mean"]
+    assert (samples["background"] == pool).all()
+    assert (samples["images"] == pool + samples["spikes"]).all()
+
+
+def test_a_default_background_shrinks_to_the_pool_of_non_target_images(caplog):
+    """Regression: ``spiked: {samples: 3}`` gets the schema's 2000-image background, which must still shrink to the
+    test pool (30 debris + 45 pollen here, cryptosporidium and giardia both targets), as a given value does."""
+    assert fill("spiked", {"samples": 3})["background"] == 2000
+    experiment = EXPERIMENT | {
+        "classifiers": {"centroid": {}},
+        "targets": ["cryptosporidium", "giardia"],
+        "spiked": {"samples": 3},
+    }
+    with caplog.at_level(logging.INFO, logger="cytodml"):
+        results = evaluate_trial(embeddings_table(0, softmax=True), experiment, CLASS_NAMES, "softmax", seed=4)
+    spiked = results["spiked"]
+    background_shrinks_to_the_pool(spiked, 75)
+    assert "75 background images each (spiked.background 2000, at most the 75 non-target" in caplog.text
+    # one target per spiked sample, 2 + 1 in consecutive runs, then the schema's 4 blanks; paired across classifiers
+    for _, samples in spiked.groupby("classifier"):
+        assert list(samples["target"].iloc[:7]) == ["cryptosporidium"] * 2 + ["giardia"] + [""] * 4
+        assert list(samples["spikes"].iloc[:3]) == [6, 7, 6]
+    assert set(spiked["classifier"]) == {"centroid", "softmax"}
+    given = evaluate_trial(
+        embeddings_table(0), experiment | {"spiked": {"samples": 2, "background": 500}}, CLASS_NAMES, "softmax", 4
+    )
+    background_shrinks_to_the_pool(given["spiked"], 75)
+
+
 def test_threshold_chosen_on_validation_meets_the_rate():
-    experiment = EXPERIMENT | {"threshold": {"false_alarm_rate": 0.05}, "classifiers": {"knn": {"k": 5}}}
+    experiment = EXPERIMENT | {"threshold": {"false_positive_rate": 0.05}, "classifiers": {"knn": {"k": 5}}}
     table = embeddings_table(1, softmax=True)
     results = evaluate_trial(table, experiment, CLASS_NAMES, "softmax", seed=0)
     predictions = results["predictions"]
@@ -181,10 +217,10 @@ def test_write_trial(tmp_path, softmax_results):
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"protocol": "transductive"}, "protocol = 'transductive'"),
+        ({"protocol": "transductive"}, "protocol: 'transductive' is not one of"),
         ({"targets": ["oocyst"]}, r"targets: \['oocyst'\]"),
-        ({"threshold": 1.5}, "threshold = 1.5"),
-        ({"spiked": {"background": 10, "spike": 3}}, r"spiked: unknown key\(s\) \['spike'\]"),
+        ({"threshold": 1.5}, "threshold: 1.5 is greater than the maximum of 1"),
+        ({"spiked": {"background": 10, "spike": 3}}, "spiked.spike: unknown key"),
     ],
 )
 def test_bad_experiment_keys_are_named(change, message):

@@ -14,7 +14,6 @@ from cytodml.evaluate.metrics import (
     mean_ci,
     multiclass_metrics,
     per_class_metrics,
-    proportion_ci,
     retrieval_metrics,
 )
 
@@ -216,19 +215,3 @@ def test_mean_ci_is_the_student_t_interval():
     assert mean_ci([0.7])[0] == 0.7 and np.isnan(mean_ci([0.7])[1])
     with pytest.raises(InputError, match="level = 95"):
         mean_ci([1.0, 2.0], level=95)
-
-
-@pytest.mark.parametrize(
-    ("successes", "n", "low", "high"),
-    [(81, 263, 0.2553, 0.3662), (15, 148, 0.0624, 0.1605), (0, 20, 0.0, 0.1611), (1, 29, 0.0061, 0.1718)],
-)
-def test_proportion_ci_matches_newcombe_1998_wilson_intervals(successes, n, low, high):
-    p, lower, upper = proportion_ci(successes, n)
-    assert p == pytest.approx(successes / n)
-    assert lower == pytest.approx(low, abs=5e-5) and upper == pytest.approx(high, abs=5e-5)
-
-
-def test_proportion_ci_rejects_impossible_counts():
-    with pytest.raises(InputError, match="successes = 5 must lie between 0 and n = 4"):
-        proportion_ci(5, 4)
-    assert all(np.isnan(proportion_ci(0, 0)))

@@ -5,8 +5,9 @@ import math
 import pytest
 import torch
 
+from cytodml.config import fill
 from cytodml.errors import InputError
-from cytodml.learn.models import build_model, embedding_dim_of
+from cytodml.learn.models import build_model
 
 # Luo et al., RSC Adv 2021, Table 1: layer, output size, parameters
 LUO2021_TABLE = [
@@ -98,7 +99,7 @@ def test_output_shape_for_every_network(network, dim, image_size):
         return
     net = on_meta(network, 2, image_size)
     assert net(torch.empty(3, 2, image_size, image_size, device="meta")).shape == (3, dim)
-    assert embedding_dim_of(network) == dim
+    assert fill("network", network)["embedding_dim"] == dim  # the schema's default, as training reads it
 
 
 @pytest.mark.parametrize("normalize", [True, False])
@@ -110,7 +111,7 @@ def test_normalize_puts_embeddings_on_the_unit_sphere(normalize):
 
 def test_features_are_pooled_block_outputs():
     net = build_model({"name": "luo2021"}, 1, 64, normalize=False).eval()
-    features = net.features(torch.randn(2, 1, 64, 64))
+    _, features = net.forward_features(torch.randn(2, 1, 64, 64))
     assert {name: tuple(f.shape) for name, f in features.items()} == {
         "conv": (2, 64), "rb0": (2, 64), "rb1": (2, 128), "rb2": (2, 256)
     }  # fmt: skip

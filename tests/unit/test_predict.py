@@ -20,6 +20,7 @@ import yaml
 from PIL import Image
 
 from cytodml.cli import main
+from cytodml.config import check_predict_config, dump_source, fill
 from cytodml.data.augment import augment
 from cytodml.data.patching import make_patches
 from cytodml.data.sources import ingest, list_classes
@@ -27,21 +28,14 @@ from cytodml.data.splits import make_split
 from cytodml.data.synthetic import render_dump
 from cytodml.errors import InputError
 from cytodml.evaluate.classifiers import CentroidClassifier, SVMClassifier
+from cytodml.evaluate.detector import load_detector, save_detector
+from cytodml.evaluate.operating_point import read_evaluation
 from cytodml.evaluate.run import evaluate_trial, write_trial
 from cytodml.learn.embed import embedding_table, load_model
 from cytodml.learn.inputs import class_labels, known_classes, subset_images
 from cytodml.learn.trainer import train
-from cytodml.predict import (
-    add_gallery,
-    check_predict_config,
-    dump_source,
-    load_detector,
-    predict_sample,
-    read_evaluation,
-    save_detector,
-    summarize,
-    write_prediction,
-)
+from cytodml.predict import add_gallery, predict_sample, summarize
+from cytodml.report.sample import write_prediction
 
 TARGETS = ["cryptosporidium", "giardia"]
 CHANNELS = ["brightfield"]
@@ -141,7 +135,7 @@ def gmm(study):
 
 
 def run(detector, source, threshold, **options):
-    options = {"channels": CHANNELS, "patch": PATCH, "targets": TARGETS, **options}
+    options = {"channels": CHANNELS, "patch": PATCH, "targets": TARGETS, "alarm": {"min_targets": 1}, **options}
     return predict_sample(source, detector, threshold=threshold, **options)
 
 
@@ -468,13 +462,24 @@ def test_predict_config_cross_references_are_checked(predict, named):
         "predict": {"model": model, "samples": {"s": {"path": "s"}}, **predict},
     }
     with pytest.raises(InputError, match=re.escape(named)):
-        check_predict_config(config, list_classes=list_classes)
+        check_predict_config(fill("config", config), list_classes=list_classes)
     config["predict"] = {"model": {"experiment": "tiny", "loss": "softmax", "classifier": "knn"}, "targets": TARGETS}
-    check_predict_config(config, list_classes=list_classes)
+    check_predict_config(fill("config", config), list_classes=list_classes)
     config["predict"]["alarm"] = {"false_alarm_rate": 0.01}  # the evaluation's threshold and targets: fine
-    check_predict_config(config, list_classes=list_classes)
+    check_predict_config(fill("config", config), list_classes=list_classes)
     # the experiment's own calibrated rule, inherited, is named where it is set
     config["experiments"]["tiny"] = {**EXPERIMENT, "alarm": {"false_alarm_rate": 0.01}}
     config["predict"] = {"model": {"experiment": "tiny", "loss": "softmax", "classifier": "knn", "threshold": 0.9}}
     with pytest.raises(InputError, match="experiments.tiny.alarm"):
-        check_predict_config(config, list_classes=list_classes)
+        check_predict_config(fill("config", config), list_classes=list_classes)
+
+
+def test_command_line_validates_the_config_with_the_workflow_schema(study, tmp_path, capsys):
+    config = yaml.safe_load(open(study["config"]).read())
+    config["experiments"]["tiny"]["threshold"] = 1.5
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(yaml.safe_dump(config))
+    wrong = cli(study, "predict")
+    wrong[wrong.index("--config") + 1] = str(broken)
+    assert main([*wrong, "--dump", str(tmp_path), "--out", str(tmp_path / "out")]) == 2
+    assert "experiments.tiny.threshold: 1.5 is greater than the maximum of 1" in capsys.readouterr().err

@@ -54,7 +54,7 @@ def test_jurkat_montages(shared_data, tmp_path):
 
 def test_bloodmnist_official_split_is_kept_and_resize_at_28_is_identity(shared_data, tmp_path):
     path = shared_data / "bloodmnist" / "bloodmnist.npz"
-    source = {"kind": "medmnist", "path": str(path), "class_names": BLOODMNIST_CLASSES, "official_split": True}
+    source = {"kind": "medmnist", "path": str(path), "class_names": BLOODMNIST_CLASSES, "official_subsets": True}
     raw = ingest(source, ["red", "green", "blue"])
     assert raw["official_subset"].value_counts().to_dict() == {"train": 11959, "test": 3421, "val": 1712}
     assert raw["class_name"].value_counts()["neutrophil"] == 3329

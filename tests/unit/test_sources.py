@@ -6,7 +6,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from cytodml.data.imageio import decode, npz_members, read_header, read_image
+from cytodml.data.imageio import decode, npz_members, read_header
 from cytodml.data.sources import RAW_COLUMNS, ingest, list_classes
 from cytodml.errors import InputError
 
@@ -121,7 +121,7 @@ def test_medmnist_rows_and_official_split(tmp_path):
         "kind": "medmnist",
         "path": str(tmp_path / "m.npz"),
         "class_names": ["b", "a", "c"],
-        "official_split": True,
+        "official_subsets": True,
     }
     raw = ingest(source, ["r", "g", "b"])
     assert raw["official_subset"].value_counts().to_dict() == {"train": 5, "test": 3, "val": 2}
@@ -129,7 +129,7 @@ def test_medmnist_rows_and_official_split(tmp_path):
     assert raw["class_name"].iloc[:4].tolist() == ["b", "a", "c", "b"]
     assert raw["files"].iloc[0] == [str(tmp_path / "m.npz")] * 3
     assert (raw["height"] == 8).all() and (raw["dtype"] == "uint8").all()
-    assert (ingest({**source, "official_split": False}, ["r", "g", "b"])["official_subset"] == "").all()
+    assert (ingest({**source, "official_subsets": False}, ["r", "g", "b"])["official_subset"] == "").all()
     assert list_classes(source) == ["a", "b", "c"]
     assert npz_members(tmp_path / "m.npz")["train_images"] == ((5, 8, 8, 3), "uint8")
     with pytest.raises(InputError, match="source.class_names: 2 names"):
@@ -242,17 +242,17 @@ def test_image_io_keeps_dtype_and_layout(tmp_path):
     planar = np.stack([grey(seed=s) for s in range(3)])
     tifffile.imwrite(tmp_path / "planar.tif", planar, photometric="rgb", planarconfig="separate")
     assert read_header(tmp_path / "planar.tif") == (20, 24, 3, "uint16")
-    assert np.array_equal(read_image(tmp_path / "planar.tif"), planar.transpose(1, 2, 0))
+    assert np.array_equal(decode(tmp_path / "planar.tif").pixels, planar.transpose(1, 2, 0))
     big_endian = grey().astype(">u2")
     tifffile.imwrite(tmp_path / "be.tif", big_endian, byteorder=">")
-    pixels = read_image(tmp_path / "be.tif")
+    pixels = decode(tmp_path / "be.tif").pixels
     assert pixels.dtype == np.dtype("=u2") and np.array_equal(pixels[:, :, 0], big_endian)
     write(tmp_path / "g16.png", grey())
     assert np.array_equal(decode(tmp_path / "g16.png").pixels[:, :, 0], grey())
     for compression in ("packbits", "tiff_lzw"):  # decoded by Pillow's C codecs
         Image.fromarray(grey()).save(tmp_path / f"{compression}.tif", compression=compression)
         assert read_header(tmp_path / f"{compression}.tif") == (20, 24, 1, "uint16")
-        assert np.array_equal(read_image(tmp_path / f"{compression}.tif")[:, :, 0], grey())
+        assert np.array_equal(decode(tmp_path / f"{compression}.tif").pixels[:, :, 0], grey())
     tifffile.imwrite(tmp_path / "stack.tif", np.stack([grey(), grey()]), metadata=None)
     with pytest.raises(InputError, match="stack.tif: 2 pages"):
         read_header(tmp_path / "stack.tif")

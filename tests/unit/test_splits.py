@@ -41,8 +41,8 @@ def with_duplicates_and_groups(patches: pd.DataFrame, rng: np.random.Generator) 
     return patches
 
 
-def split(patches, trial=0, seed=7, dataset="toy", **experiment):
-    table, report = make_split(patches, experiment, trial, seed, dataset)
+def split(patches, trial=0, seed=7, dataset="toy", protocol="full", **experiment):
+    table, report = make_split(patches, {"protocol": protocol, **experiment}, trial, seed, dataset)
     return table, report
 
 

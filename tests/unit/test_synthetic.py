@@ -8,6 +8,7 @@ import pytest
 import tifffile
 from scipy import ndimage
 
+from cytodml.config import fill
 from cytodml.data import synthetic
 from cytodml.data.synthetic import render_dump
 from cytodml.errors import InputError
@@ -141,7 +142,9 @@ def test_bad_spec_names_the_config_key(tmp_path, source, key):
 
 def test_missing_difficulty_keys_take_the_defaults(tmp_path):
     partial = render_dump(tmp_path / "a", spec({"bead": 3}, blur=0.6), seed=6)
-    full = render_dump(tmp_path / "b", spec({"bead": 3}, **synthetic.DEFAULT_DIFFICULTY), seed=6)
+    documented = fill("source", {"kind": "synthetic", "classes": {"bead": 3}})["difficulty"]
+    assert documented == {"noise": 0.6, "blur": 0.6, "size_overlap": 0.5}
+    full = render_dump(tmp_path / "b", spec({"bead": 3}, **documented), seed=6)
     assert file_bytes(partial) == file_bytes(full)
 
 

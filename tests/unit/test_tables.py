@@ -116,7 +116,6 @@ def test_paper_table_rows_and_columns(metrics):
 
 
 def test_write_tables(tmp_path, metrics):
-    aggregated = aggregate(metrics)
     confusion = pd.DataFrame(
         {
             "loss": "triplet",
@@ -185,7 +184,12 @@ def test_write_tables(tmp_path, metrics):
     assert r"$\pm$" in tex and r"$^{*}$" in tex and r"\begin{tabular}" in tex
 
 
-def test_spiked_and_episodes_tables(tmp_path, metrics):
+CONFUSION = pd.DataFrame(columns=["loss", "trial", "classifier", "view", "actual", "predicted", "count"])
+
+
+def spiked_trials(targets: list[str]) -> pd.DataFrame:
+    """Two trials of a spiked-sample table, as write_trial writes it: spiked samples holding ``targets`` in turn (6
+    spikes, 6 and 5 detected in trial 0, 6 and 6 in trial 1), a blank (a false alarm in trial 1), the mean rows."""
     samples = []
     for trial, detected in enumerate([[6, 5], [6, 6]]):
         samples += [
@@ -195,6 +199,8 @@ def test_spiked_and_episodes_tables(tmp_path, metrics):
                 "classifier": "gmm",
                 "sample": str(i + 1),
                 "kind": "spiked",
+                "target": target,
+                "background": 75,
                 "spikes": 6,
                 "detected": d,
                 "false_positives": 0,
@@ -205,7 +211,7 @@ def test_spiked_and_episodes_tables(tmp_path, metrics):
                 "recovery": d / 6,
                 "threshold": 0.98,
             }
-            for i, d in enumerate(detected)
+            for i, (d, target) in enumerate(zip(detected, targets))
         ]
         samples.append(
             {
@@ -214,18 +220,57 @@ def test_spiked_and_episodes_tables(tmp_path, metrics):
                 "classifier": "gmm",
                 "sample": "3",
                 "kind": "blank",
+                "target": np.nan,  # "" in the trial's CSV, read back as missing
+                "background": 75,
                 "spikes": 0,
                 "detected": 0,
                 "false_positives": trial,
                 "sensitivity": np.nan,
-                "specificity": 1 - trial / 2000,
+                "specificity": 1 - trial / 75,
                 "alarm_at": 1 + trial,  # a calibrated rule asks more of the trial with a false positive on validation
                 "alarm": "yes" if trial else "no",
                 "recovery": np.nan,
                 "threshold": 0.98,
             }
         )
-        samples.append({"loss": "triplet", "trial": trial, "classifier": "gmm", "sample": "mean", "kind": ""})
+        for target in [*dict.fromkeys(targets), "all"]:
+            samples.append({"loss": "triplet", "trial": trial, "classifier": "gmm", "sample": "mean", "target": target})
+    return pd.DataFrame(samples)
+
+
+def test_spiked_table_has_a_row_per_target_and_one_over_every_sample(tmp_path, metrics):
+    write_tables(aggregate(metrics), CONFUSION, spiked_trials(["crypto", "giardia"]), None, tmp_path)
+    spiked = pd.read_csv(tmp_path / "spiked.csv", keep_default_na=False, na_values=[""]).set_index("target")
+    assert list(spiked.index) == ["crypto", "giardia", "all"] and (spiked["trials"] == 2).all()
+    # per target: the mean over its samples per trial, then over trials
+    assert (spiked.loc["crypto", "sensitivity_mean"], spiked.loc["crypto", "sensitivity_std"]) == (1.0, 0.0)
+    assert spiked.loc["giardia", "recovery_mean"] == pytest.approx(np.mean([5 / 6, 1.0]))
+    assert spiked.loc["giardia", "recovery_std"] == pytest.approx(np.std([5 / 6, 1.0], ddof=1))
+    assert (spiked.loc["giardia", "spiked_alarms"], spiked.loc["giardia", "blank_samples"]) == (2, 0)
+    # over every sample, blanks included
+    every = spiked.loc["all"]
+    per_trial = [np.mean([1.0, 5 / 6]), 1.0]
+    assert every["sensitivity_mean"] == pytest.approx(np.mean(per_trial))
+    assert every["sensitivity_std"] == pytest.approx(np.std(per_trial, ddof=1))
+    assert (every["spiked_alarms"], every["spiked_samples"]) == (4, 4)
+    assert (every["blank_alarms"], every["blank_samples"], every["false_positives"]) == (1, 2, 1)
+    assert every["alarm_at_mean"] == pytest.approx(np.mean([1, 4 / 3])) and every["background_mean"] == 75
+    text = (tmp_path / "spiked.md").read_text()
+    assert "| target" in text and "alarm at" in text and "1.2 +- 0.2" in text and "1 / 2" in text
+    assert "one target class" in text and "Each sample holds 75 background images" in text
+    giardia_row = next(line for line in text.splitlines() if "| giardia" in line)
+    assert "2 / 2" in giardia_row and "/ 0" not in giardia_row  # a target's row counts no blank
+
+
+def test_spiked_table_of_a_mixed_spike_has_one_row(tmp_path, metrics):
+    write_tables(aggregate(metrics), CONFUSION, spiked_trials(["all", "all"]), None, tmp_path)
+    spiked = pd.read_csv(tmp_path / "spiked.csv")
+    assert list(spiked["target"]) == ["all"]
+    assert (spiked["spiked_samples"].item(), spiked["blank_samples"].item()) == (4, 2)
+    assert "counted as one (spiked.mixed)" in (tmp_path / "spiked.md").read_text()
+
+
+def test_episodes_table(tmp_path, metrics):
     episodes = pd.DataFrame(
         {
             "loss": "contrastive",
@@ -237,19 +282,7 @@ def test_spiked_and_episodes_tables(tmp_path, metrics):
             "episodes": 200,
         }
     )
-    confusion = pd.DataFrame(columns=["loss", "trial", "classifier", "view", "actual", "predicted", "count"])
-    write_tables(aggregate(metrics), confusion, pd.DataFrame(samples), None, tmp_path, episodes=episodes)
-
-    spiked = pd.read_csv(tmp_path / "spiked.csv").iloc[0]
-    per_trial = [np.mean([1.0, 5 / 6]), 1.0]
-    assert spiked["sensitivity_mean"] == pytest.approx(np.mean(per_trial))
-    assert spiked["sensitivity_std"] == pytest.approx(np.std(per_trial, ddof=1))
-    assert (spiked["spiked_alarms"], spiked["spiked_samples"]) == (4, 4)
-    assert (spiked["blank_alarms"], spiked["blank_samples"], spiked["false_positives"]) == (1, 2, 1)
-    assert spiked["alarm_at_mean"] == pytest.approx(np.mean([1, 4 / 3]))
-    text = (tmp_path / "spiked.md").read_text()
-    assert "1 / 2" in text and "alarm at" in text and "1.2 +- 0.2" in text
-
+    write_tables(aggregate(metrics), CONFUSION, None, None, tmp_path, episodes=episodes)
     per_class = pd.read_csv(tmp_path / "episodes.csv").set_index("class_name")
     assert per_class.loc["basophil", "accuracy_mean"] == pytest.approx(0.97)
     assert per_class.loc["platelet", "accuracy_std"] == pytest.approx(np.std([0.99, 1.0], ddof=1))

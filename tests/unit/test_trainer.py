@@ -167,6 +167,7 @@ class NaNAfter(nn.Module):
         self.inner, self.after, self.calls = inner, after, 0
         self.normalize_embeddings = inner.normalize_embeddings
         self.samples_per_class_min = inner.samples_per_class_min
+        self.check_batch = inner.check_batch
 
     def forward(self, embeddings, labels):
         value = self.inner(embeddings, labels)

@@ -20,10 +20,9 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from cytodml.config import checked
 from cytodml.errors import InputError
 
-#: the config schema's defaults (schemas/config.schema.yaml), for callers that did not validate against it
-DEFAULTS = {"count": 10000, "balance": False, "shift": 0.1, "rotation": 180.0, "zoom": [0.9, 1.1], "flips": True}
 OP_COLUMNS = ("shift_y", "shift_x", "hflip", "vflip", "angle", "zoom")
 CHUNK = 512  # images warped at once: bounds the float32 working memory to a few chunks of images
 #: mixed into the seed: a trial's seed also drives its split, and the two stages must not draw the same stream
@@ -36,7 +35,8 @@ def augment(
     """The training images followed by new augmented images, ``spec["count"]`` in all, and one op row per image.
 
     ``images`` (M x C x S x S, uint8 or uint16) are the training patches, ``labels`` their labels and
-    ``source_index`` their rows in patches. ``spec`` is the experiment's ``augment:`` block: ``count`` (target total;
+    ``source_index`` their rows in patches. ``spec`` is the experiment's ``augment:`` block (keys it lacks take the config schema's
+    defaults, except ``count``, whose default depends on the protocol): ``count`` (target total;
     0 or <= M adds nothing), ``balance`` (grow the smallest classes to a common size instead of keeping the class
     proportions), ``shift`` (max |shift| as a fraction of S), ``rotation`` (max |angle|, degrees), ``zoom`` ([lo, hi])
     and ``flips``. Each new image takes a training image of its class, drawn uniformly with replacement, and ops drawn
@@ -183,19 +183,11 @@ def _identity_ops(n: int) -> pd.DataFrame:
 
 
 def _check_spec(spec: dict) -> dict:
-    unknown = sorted(set(spec) - set(DEFAULTS))
-    if unknown:
-        raise InputError(f"augment: unknown key(s) {unknown}; known: {sorted(DEFAULTS)}")
-    spec = {**DEFAULTS, **spec}
-    count, zoom = spec["count"], spec["zoom"]
-    if not isinstance(count, (int, np.integer)) or isinstance(count, bool) or count < 0:
-        raise InputError(f"augment.count: must be a non-negative integer, got {count!r}")
-    if not 0 <= spec["shift"] <= 0.5:
-        raise InputError(f"augment.shift: must be a fraction of the patch size in [0, 0.5], got {spec['shift']!r}")
-    if not 0 <= spec["rotation"] <= 180:
-        raise InputError(f"augment.rotation: must be a maximum angle in [0, 180] degrees, got {spec['rotation']!r}")
-    if len(zoom) != 2 or not 0 < zoom[0] <= zoom[1]:
-        raise InputError(f"augment.zoom: must be [lo, hi] with 0 < lo <= hi, got {zoom!r}")
+    spec = checked("augment", spec, "augment")
+    if spec["zoom"][0] > spec["zoom"][1]:
+        raise InputError(f"augment.zoom: must be [lo, hi] with lo <= hi, got {spec['zoom']!r}")
+    if "count" not in spec:
+        raise InputError("augment.count: required here (in a study config the protocol gives its default)")
     return spec
 
 

@@ -98,11 +98,6 @@ def decode(path, at_least: int | None = None) -> Decoded:
     return Decoded(pixels.astype(pixels.dtype.newbyteorder("="), copy=False), pillow)
 
 
-def read_image(path) -> np.ndarray:
-    """Decoded pixels, ``H x W x C`` in the source dtype (native byte order)."""
-    return decode(path).pixels
-
-
 def npz_members(path) -> dict[str, tuple[tuple[int, ...], str]]:
     """``{member: (shape, dtype)}`` of a ``.npz`` from the array headers, without decompressing the arrays."""
     members = {}

@@ -1,19 +1,19 @@
 """Patch: decode every object of the raw table once and cut it to a fixed ``size`` x ``size`` patch, losslessly.
 
-Modes (a data set's ``patch:`` block, ``{mode, size, downscale, background, threshold}``):
+Modes (a data set's ``patch:`` block, ``{mode, size, downscale, background, noise_sigmas, foreground_fraction}``;
+defaults: the config schema's):
 
 - ``object``: find the main object and centre it. On the image smoothed by a 3 x 3 mean, the background is a plane
   fitted to the frame border and the noise the robust sigma ``1.4826 * MAD`` of the border about it, per channel
-  (``background`` a number fixes the level instead); foreground is ``|image - background| > threshold * noise`` in
-  any channel (``threshold`` default :data:`NOISE_SIGMAS`); the object is its largest 8-connected component. The
+  (``background`` a number fixes the level instead); foreground is ``|image - background| > noise_sigmas * noise``
+  in any channel; the object is its largest 8-connected component. The
   patch is the ``size`` window centred on the object's bounding box, padded with the background level where it
   leaves the frame; an object larger than ``size`` is shrunk into it when ``downscale`` is true (the default) and
   cut otherwise.
 - ``resize``: centre crop to a square and resize to ``size``.
 - ``tiles``: the tiles of a montage (or rows of an array file) as they are, resized when ``size`` differs.
 - ``grid``: cut a large image into non-overlapping ``size`` tiles, row by row, keeping those whose foreground
-  fraction (as in ``object`` mode, at :data:`NOISE_SIGMAS`) is at least ``threshold`` (default
-  :data:`GRID_FOREGROUND`). A tile's group is its image unless the source names one.
+  fraction (as in ``object`` mode) is at least ``foreground_fraction``. A tile's group is its image unless the source names one.
 
 Resizing is Pillow's bilinear filter (antialiased when shrinking; 8-bit images are first averaged over whole
 blocks, see :data:`REDUCING_GAP`), per channel, in the source dtype. Patches keep the source dtype: no rescaling, so
@@ -39,11 +39,11 @@ import pandas as pd
 from PIL import Image
 from scipy import ndimage
 
+from cytodml.config import checked
 from cytodml.data.imageio import Decoded, decode, read_npz_member
 from cytodml.errors import InputError
 from cytodml.io import commit, open_npy_for_writing
 
-MODES = ("object", "resize", "tiles", "grid")
 QC_FLAGS = ["qc_empty", "qc_border", "qc_multiple", "qc_downscaled"]
 PATCH_COLUMNS = ["index", "object_id", "class_name", "label", "group", "official_subset", "content_hash", *QC_FLAGS]
 COUNT_COLUMNS = [
@@ -56,11 +56,6 @@ COUNT_COLUMNS = [
     *QC_FLAGS,
 ]
 
-NOISE_SIGMAS = 5.0
-"""Foreground lies this many noise sigmas from the background: a 1000 x 1000 frame of pure Gaussian noise then holds
-0.6 false pixels on average (two-sided tail 5.7e-7)."""
-GRID_FOREGROUND = 0.5
-"""Grid mode: a tile is kept when at least this fraction of it is foreground."""
 MULTIPLE_FRACTION = 0.2
 """A second component of at least this fraction of the main component's area flags ``qc_multiple``."""
 RESAMPLE = Image.Resampling.BILINEAR
@@ -79,7 +74,8 @@ class PatchSpec(NamedTuple):
     size: int
     downscale: bool
     background: str | float
-    threshold: float | None
+    noise_sigmas: float
+    foreground_fraction: float | None
 
 
 class _Job(NamedTuple):
@@ -144,22 +140,17 @@ def make_patches(raw: pd.DataFrame, patch: dict, out_npy, workers: int = 1) -> t
 
 
 def patch_spec(patch: dict) -> PatchSpec:
-    """The ``patch:`` block checked, with defaults filled in (``tile_size`` is passed on from a montage source)."""
-    unknown = set(patch) - {"mode", "size", "downscale", "background", "threshold", "tile_size"}
-    if unknown:
-        raise InputError(f"patch.{sorted(unknown)[0]}: unknown key")
-    if patch.get("mode") not in MODES:
-        raise InputError(f"patch.mode: '{patch.get('mode')}' is not one of {MODES}")
-    size = patch.get("size")
-    if not isinstance(size, int) or size < 1:
-        raise InputError(f"patch.size: a positive number of pixels, not {size!r}")
-    background = patch.get("background", "auto")
-    if background != "auto" and not isinstance(background, int | float):
-        raise InputError(f"patch.background: 'auto' or a number, not {background!r}")
-    threshold = patch.get("threshold")
-    if threshold is not None and (not isinstance(threshold, int | float) or threshold < 0):
-        raise InputError(f"patch.threshold: a non-negative number, not {threshold!r}")
-    return PatchSpec(patch["mode"], size, bool(patch.get("downscale", True)), background, threshold)
+    """The ``patch:`` block checked, keys it lacks taking the config schema's defaults (``tile_size`` is passed on
+    from a montage source)."""
+    spec = checked("patch", {key: value for key, value in patch.items() if key != "tile_size"}, "patch")
+    return PatchSpec(
+        spec["mode"],
+        spec["size"],
+        spec["downscale"],
+        spec["background"],
+        spec["noise_sigmas"],
+        spec.get("foreground_fraction"),
+    )
 
 
 def content_hash(image: np.ndarray) -> str:
@@ -187,7 +178,7 @@ def resize_square(image: np.ndarray, size: int, pillow: Image.Image | None = Non
 
 def centre_object(image: np.ndarray, spec: PatchSpec) -> tuple[np.ndarray, tuple[bool, bool, bool, bool]]:
     """The ``spec.size`` patch centred on the main object of ``image`` (``H x W x C``), and its QC flags."""
-    mask, level = foreground(image, spec.background, NOISE_SIGMAS if spec.threshold is None else spec.threshold)
+    mask, level = foreground(image, spec.background, spec.noise_sigmas)
     labels, count = ndimage.label(mask, structure=np.ones((3, 3)))
     height, width = image.shape[:2]
     if count == 0:
@@ -207,10 +198,10 @@ def centre_object(image: np.ndarray, spec: PatchSpec) -> tuple[np.ndarray, tuple
 def grid_tiles(image: np.ndarray, spec: PatchSpec) -> tuple[list[np.ndarray], list[int], np.ndarray]:
     """The ``spec.size`` tiles of ``image`` (row by row) with enough foreground: tiles, grid cells, all fractions."""
     size = spec.size
-    mask, _ = foreground(image, spec.background, NOISE_SIGMAS)
+    mask, _ = foreground(image, spec.background, spec.noise_sigmas)
     rows, cols = image.shape[0] // size, image.shape[1] // size
     fraction = mask[: rows * size, : cols * size].reshape(rows, size, cols, size).mean(axis=(1, 3)).ravel()
-    minimum = GRID_FOREGROUND if spec.threshold is None else spec.threshold
+    minimum = spec.foreground_fraction
     cells = np.flatnonzero(fraction >= minimum).tolist()
     tiles = [
         image[(c // cols) * size : (c // cols + 1) * size, (c % cols) * size : (c % cols + 1) * size] for c in cells

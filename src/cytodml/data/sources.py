@@ -83,7 +83,7 @@ def list_classes(source: dict) -> list[str] | None:
     if kind == "manifest":
         if not path.is_file() or path.suffix.lower() not in MANIFEST_READERS:
             return None
-        table = _read_manifest(path)
+        table = read_manifest(path)
         return sorted({str(label) for label in table["label"].dropna()} - {""}) if "label" in table else None
     if not path.is_dir():
         return None
@@ -168,7 +168,7 @@ def _ingest_medmnist(source: dict, channels: list[str]) -> pd.DataFrame:
         columns["files"] += [[str(path)] * depth for _ in rows]
         columns["tile"] += rows.tolist()
         columns["member"] += [member] * count
-        columns["official_subset"] += [subset if source.get("official_split") else ""] * count
+        columns["official_subset"] += [subset if source.get("official_subsets") else ""] * count
         columns["height"] += [height] * count
         columns["width"] += [width] * count
         columns["dtype"] += [dtype] * count
@@ -179,13 +179,13 @@ def _ingest_manifest(source: dict, channels: list[str]) -> pd.DataFrame:
     path = _existing(source, "path")
     if path.suffix.lower() not in MANIFEST_READERS:
         raise InputError(f"source.path: {path} is not a {' / '.join(MANIFEST_READERS)} table")
-    table = _read_manifest(path)
+    table = read_manifest(path)
     missing = {"path", "label"} - set(table.columns)
     if missing:
         raise InputError(f"{path}: missing column(s) {sorted(missing)} (has {list(table.columns)})")
     if ("object" in table) != ("channel" in table):
         raise InputError(f"{path}: columns 'object' and 'channel' go together (one row per channel file of an object)")
-    root = Path(source.get("root", path.parent))
+    root = manifest_root(source)
     table = table.assign(
         file=[root / name for name in table["path"].astype(str)],
         label=table["label"].fillna("").astype(str),
@@ -387,7 +387,13 @@ def _frame(columns: dict[str, list]) -> pd.DataFrame:
     return table
 
 
-def _read_manifest(path: Path) -> pd.DataFrame:
+def manifest_root(source: dict) -> Path:
+    """The folder a manifest's ``path`` column is relative to: ``root``, by default the table's folder."""
+    return Path(source.get("root", Path(source["path"]).parent))
+
+
+def read_manifest(path: Path) -> pd.DataFrame:
+    """A manifest table (CSV, TSV or parquet, by its suffix); an unreadable one is an :class:`InputError`."""
     try:
         return MANIFEST_READERS[path.suffix.lower()](path)
     except (OSError, ValueError) as error:

@@ -1,6 +1,6 @@
 """Split a data set's patches into train / val / test for one trial: stratified, group- and duplicate-aware.
 
-What a trial is depends on the protocol (docs/architecture.md, DESIGN.md "What a trial is, per protocol"):
+What a trial is depends on the protocol (docs/architecture.md):
 
 - ``full`` (rare bioparticles, HEp-2 mitosis): a new stratified split per trial.
 - ``fewshot`` (constellation loss): one fixed split for all trials; trial t draws ``shots`` training images per class
@@ -17,13 +17,11 @@ import pandas as pd
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from cytodml.config import DEFAULT_FRACTIONS
+from cytodml.config import PROTOCOLS, fill
 from cytodml.errors import InputError
 
 SUBSETS = ("train", "val", "test")
 TEST = SUBSETS.index("test")
-PROTOCOLS = tuple(DEFAULT_FRACTIONS)
-DEFAULT_SHOTS = 20  # constellation-loss paper (J Pathol Inform 2020): 20 training images per class
 REQUIRED_COLUMNS = ("index", "class_name", "label", "content_hash")
 
 
@@ -78,26 +76,28 @@ def make_split(
 ) -> tuple[pd.DataFrame, list[str]]:
     """The split of one trial: a table ``index, class_name, label, subset`` and report lines for the job log.
 
-    ``experiment`` keys read: ``protocol`` (full | fewshot | episodic), ``fractions`` {train, val, test},
-    ``shots`` (fewshot), ``open_set`` (class names), ``drop_small_classes``, ``official_split``. Seeds come from
+    ``experiment`` keys read, keys it lacks taking the config schema's defaults: ``protocol`` (full | fewshot |
+    episodic), ``fractions`` {train, val, test}, ``shots`` (fewshot, required), ``open_set`` (class names),
+    ``drop_small_classes``, ``official_split``. Seeds come from
     :func:`trial_seed`: ``(seed, dataset, trial)`` for a full split and a few-shot draw, ``(seed, dataset)`` for the
     fixed few-shot and episodic splits. Rows of dropped classes are absent from the table.
     """
     _check_patches(patches)
-    protocol = experiment.get("protocol", "full")
+    protocol = experiment.get("protocol")
     if protocol not in PROTOCOLS:
         raise InputError(f"protocol: {protocol!r} is not one of {', '.join(PROTOCOLS)}")
-    open_set = _open_set(patches, experiment.get("open_set") or [])
-    drop_small = bool(experiment.get("drop_small_classes", False))
-    if experiment.get("official_split", False):
+    experiment = fill("experiment", experiment)
+    open_set = _open_set(patches, experiment["open_set"])
+    drop_small = experiment["drop_small_classes"]
+    if experiment["official_split"]:
         table, report = _official_split(patches, open_set)
     else:
-        fractions = _fractions(experiment.get("fractions") or DEFAULT_FRACTIONS[protocol])
+        fractions = _fractions(experiment["fractions"])
         split_trial = trial if protocol == "full" else None
         rng = np.random.default_rng(trial_seed(seed, dataset, split_trial))
         table, report = _stratified_split(patches, fractions, open_set, drop_small, rng)
     if protocol == "fewshot":
-        shots = experiment.get("shots", DEFAULT_SHOTS)
+        shots = experiment.get("shots")
         if not isinstance(shots, (int, np.integer)) or isinstance(shots, bool) or shots < 1:
             raise InputError(f"shots: must be a positive integer, got {shots!r}")
         rng = np.random.default_rng(trial_seed(seed, dataset, trial))

@@ -33,13 +33,12 @@ import pandas as pd
 import tifffile
 from scipy import ndimage
 
+from cytodml.config import fill
 from cytodml.errors import InputError
 from cytodml.io import atomic_path
 
-PIXEL_SIZE_UM = 0.33
-"""ImageStream pixel at the 60x objective."""
-
-DEFAULT_DIFFICULTY = {"noise": 0.6, "blur": 0.6, "size_overlap": 0.5}
+DIFFICULTY_KEYS = ("noise", "blur", "size_overlap")
+"""What makes the rendered classes hard to tell apart, each in [0, 1] (defaults: the config schema's)."""
 
 BEAD_DIAMETERS_UM = (1.54, 3.0, 4.5, 6.0, 10.0, 15.0)
 """Microplastic bead sizes: Luo et al. 2021 list beads of 1.54 to 15 um among the pollutants; the sizes between
@@ -372,9 +371,13 @@ def object_rng(seed: int, class_name: str, index: int) -> np.random.Generator:
 
 
 def _check_spec(spec: dict) -> tuple[dict[str, int], dict[str, float], float]:
+    """Class counts, difficulty and pixel size of a ``synthetic`` source block, keys it lacks taking the config
+    schema's defaults (the pixel size: an ImageStream pixel at the 60x objective). Unlike a study's data set, a
+    rendered dump may hold one class (a blank sample of beads, say)."""
     kind = spec.get("kind", "synthetic")
     if kind != "synthetic":
         raise InputError(f"kind: render_dump draws kind 'synthetic' only, not {kind!r}")
+    spec = fill("source", spec | {"kind": "synthetic"})
     classes = spec.get("classes") or {}
     if not classes:
         raise InputError("classes: the synthetic source needs at least one class with a count")
@@ -385,17 +388,20 @@ def _check_spec(spec: dict) -> tuple[dict[str, int], dict[str, float], float]:
             raise InputError(f"classes.{name}: count must be a non-negative integer, got {count!r}")
     if not any(classes.values()):
         raise InputError("classes: every count is 0; the synthetic source needs at least one object")
-    difficulty = dict(DEFAULT_DIFFICULTY)
-    for key, value in (spec.get("difficulty") or {}).items():
-        if key not in DEFAULT_DIFFICULTY:
-            raise InputError(f"difficulty.{key}: unknown key; known: {', '.join(DEFAULT_DIFFICULTY)}")
+    difficulty = spec["difficulty"]
+    for key, value in difficulty.items():
+        if key not in DIFFICULTY_KEYS:
+            raise InputError(f"difficulty.{key}: unknown key; known: {', '.join(DIFFICULTY_KEYS)}")
         if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
             raise InputError(f"difficulty.{key}: must be a number in [0, 1], got {value!r}")
-        difficulty[key] = float(value)
-    pixel_size = spec.get("pixel_size_um", PIXEL_SIZE_UM)
+    pixel_size = spec["pixel_size_um"]
     if isinstance(pixel_size, bool) or not isinstance(pixel_size, int | float) or not pixel_size > 0:
         raise InputError(f"pixel_size_um: must be a positive number, got {pixel_size!r}")
-    return {name: int(count) for name, count in classes.items()}, difficulty, float(pixel_size)
+    return (
+        {name: int(count) for name, count in classes.items()},
+        {k: float(v) for k, v in difficulty.items()},
+        float(pixel_size),
+    )
 
 
 def _clean(out_dir: Path, keep: set[str]) -> None:

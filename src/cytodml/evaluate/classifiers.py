@@ -23,8 +23,6 @@ from sklearn.utils.validation import check_is_fitted
 from cytodml.errors import InputError
 from cytodml.evaluate.metrics import check_embeddings, multiclass_metrics
 
-SVM_DEFAULT_C = 1.0
-SVM_DEFAULT_GAMMA = "scale"
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 
 
@@ -108,6 +106,11 @@ class _EmbeddingClassifier(ClassifierMixin, BaseEstimator):
 class _TypicalityMixin:
     """The typicality part of :meth:`confidence` for classifiers with a Gaussian model per class.
 
+    With ``outlier_alpha`` None (the default) the confidence is the plain class posterior, as in Luo et al. (RSC Adv
+    2021), whose 0.98 threshold applies to it; with a number in (0, 1) it is the posterior times
+    :func:`typicality_factor`, which rejects objects far from every class (unseen types) but, on the default study,
+    finds no more targets at the same specificity (README, "What the default study shows").
+
     Embeddings of the training images are tighter than those of images the network never saw, so distances are
     measured in units inflated by ``spread_`` = mean m^2 / D of the validation images to their own class (at least 1),
     estimated by :meth:`calibrate`; a chi^2_D variable has mean D, so this one factor makes the held-out embeddings of
@@ -121,6 +124,8 @@ class _TypicalityMixin:
         raise NotImplementedError
 
     def confidence(self, X) -> np.ndarray:
+        if self.outlier_alpha is None:
+            return super().confidence(X)
         proba = self.predict_proba(X)
         predicted = np.argmax(proba, axis=1)
         distance = self._class_distances(X)[np.arange(len(predicted)), predicted] / self.spread_
@@ -148,8 +153,8 @@ def typicality_factor(squared_distance: np.ndarray, dimensions: int, outlier_alp
 
 
 def _check_alpha(value) -> None:
-    if not (_is_number(value) and 0 < value < 1):
-        raise _param_error("outlier_alpha", value, "a number in (0, 1)")
+    if value is not None and not (_is_number(value) and 0 < value < 1):
+        raise _param_error("outlier_alpha", value, "a number in (0, 1), or None for the plain posterior")
 
 
 def _merge_classes(classes: np.ndarray, new: np.ndarray) -> np.ndarray:
@@ -182,16 +187,17 @@ class CentroidClassifier(_TypicalityMixin, _EmbeddingClassifier):
     examples of K classes. That s^2 is undefined with one example per class (N = K) or no spread at all; then
     ``predict`` and ``distances`` still work and ``predict_proba`` asks for ``scale``.
 
-    :meth:`confidence` is that posterior times :func:`typicality_factor` of ``||x - mu_c||^2 / s^2`` (chi^2 with D
-    degrees of freedom under the same model), so that objects far from every centre are not confident
-    (:class:`_TypicalityMixin`).
+    :meth:`confidence` is that posterior (``outlier_alpha`` None, the paper's confidence) or the posterior times
+    :func:`typicality_factor` of ``||x - mu_c||^2 / s^2`` (chi^2 with D degrees of freedom under the same model), so
+    that objects far from every centre are not confident (:class:`_TypicalityMixin`).
 
     Parameters
     ----------
     scale : float or None
         s, in embedding units; None estimates it from the training embeddings as above.
-    outlier_alpha : float
-        Tail probability beyond which an object stops being typical of its class (see :func:`typicality_factor`).
+    outlier_alpha : float or None
+        Tail probability beyond which an object stops being typical of its class (see :func:`typicality_factor`);
+        None (default): no typicality factor, the confidence is the posterior.
 
     Attributes
     ----------
@@ -199,7 +205,7 @@ class CentroidClassifier(_TypicalityMixin, _EmbeddingClassifier):
     scale_ (the s in use; NaN where undefined), n_features_in_.
     """
 
-    def __init__(self, scale=None, outlier_alpha=0.001):
+    def __init__(self, scale=None, outlier_alpha=None):
         self.scale = scale
         self.outlier_alpha = outlier_alpha
 
@@ -261,14 +267,15 @@ class CentroidClassifier(_TypicalityMixin, _EmbeddingClassifier):
                 f"{len(self.classes_)} classes) have no within-class spread to estimate it from; set classifiers."
                 "centroid.scale"
             )
-        return softmax(-self.distances(X) ** 2 / (2 * self.scale_**2), axis=1)
+        return softmax(-(self.distances(X) ** 2) / (2 * self.scale_**2), axis=1)
 
     def _class_distances(self, X) -> np.ndarray:
         return self.distances(X) ** 2 / self.scale_**2
 
 
 class GMMClassifier(_TypicalityMixin, _EmbeddingClassifier):
-    """A Gaussian mixture per class, fitted by EM; the confidence is the class posterior (Luo et al., RSC Adv 2021).
+    """A Gaussian mixture per class, fitted by EM; the confidence is the class posterior (Luo et al., RSC Adv 2021),
+    times a typicality factor unless ``outlier_alpha`` is None.
 
     ``p(c | x) = prior_c p(x | c) / sum_k prior_k p(x | k)``, with p(x | c) the class's mixture density (sklearn
     ``GaussianMixture``), computed in log space (log-sum-exp) so that a point far from every class still gets a
@@ -290,16 +297,16 @@ class GMMClassifier(_TypicalityMixin, _EmbeddingClassifier):
     seed : int
         Seed of the k-means initialisation.
     priors : {"uniform", "frequency"}
-    outlier_alpha : float
+    outlier_alpha : float or None
         :meth:`confidence` is the posterior times :func:`typicality_factor` of the squared Mahalanobis distance to
-        the nearest component of the predicted class.
+        the nearest component of the predicted class; None (default): the posterior alone, as in the paper.
 
     Attributes
     ----------
     classes_, mixtures_ (one fitted GaussianMixture per class), log_priors_, n_features_in_.
     """
 
-    def __init__(self, components=1, covariance="full", reg_covar=1e-6, seed=0, priors="uniform", outlier_alpha=0.001):
+    def __init__(self, components=1, covariance="full", reg_covar=1e-6, seed=0, priors="uniform", outlier_alpha=None):
         self.components = components
         self.covariance = covariance
         self.reg_covar = reg_covar
@@ -407,10 +414,10 @@ class SVMClassifier(_EmbeddingClassifier):
             _check_positive_number("gamma", self.gamma)
 
     def hyper_parameters(self) -> dict:
-        return {
-            "C": SVM_DEFAULT_C if self.C is None else self.C,
-            "gamma": SVM_DEFAULT_GAMMA if self.gamma is None else self.gamma,
-        }
+        # unset ones are scikit-learn's SVC defaults (C = 1, gamma = "scale"), read from the fitted SVC's own params
+        given = {"C": self.C, "gamma": self.gamma}
+        defaults = SVC().get_params()
+        return {name: defaults[name] if value is None else value for name, value in given.items()}
 
     def fit(self, X, y):
         X, y = self._start_fit(X, y)

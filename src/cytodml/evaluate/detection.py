@@ -14,17 +14,18 @@ import numpy as np
 import pandas as pd
 from scipy.stats import beta, binom
 
+from cytodml.config import checked
 from cytodml.errors import InputError
 from cytodml.evaluate.metrics import auroc
 
-ALARM_DEFAULT = {"min_targets": 1}
-"""The rare-bioparticle paper's rule: one object called a target makes the sample positive."""
 BOUND_CONFIDENCE = 0.95
 """Confidence of the upper bound on the per-object false-positive rate that a calibrated alarm assumes."""
+ALL_TARGETS = "all"
+"""The ``target`` of a mixed spiked sample and of the mean over every sample: all target classes at once."""
 
 
-def choose_threshold(confidence_val, false_alarm_rate: float) -> float:
-    """The lowest threshold t whose false-alarm rate on validation negatives is at most ``false_alarm_rate``.
+def choose_threshold(confidence_val, false_positive_rate: float) -> float:
+    """The lowest threshold t whose false-positive rate on validation negatives is at most ``false_positive_rate``.
 
     ``confidence_val`` holds, for every negative validation image (one that must not be called), the confidence of the
     call it would raise; give 0 to a negative whose call can never be an alarm. With the scores sorted in descending
@@ -32,30 +33,20 @@ def choose_threshold(confidence_val, false_alarm_rate: float) -> float:
     mean(s >= t) <= rate, and no lower threshold keeps that bound. The lowest such t keeps the most true calls.
     """
     scores = np.sort(np.asarray(confidence_val, dtype=np.float64))[::-1]
-    if not 0.0 <= false_alarm_rate <= 1.0:
-        raise InputError(f"threshold.false_alarm_rate must lie in [0, 1], got {false_alarm_rate}")
+    if not 0.0 <= false_positive_rate <= 1.0:
+        raise InputError(f"threshold.false_positive_rate must lie in [0, 1], got {false_positive_rate}")
     if len(scores) == 0:
-        raise InputError("threshold.false_alarm_rate: no validation images to choose the threshold on")
-    allowed = int(np.floor(false_alarm_rate * len(scores) + 1e-9))
+        raise InputError("threshold.false_positive_rate: no validation images to choose the threshold on")
+    allowed = int(np.floor(false_positive_rate * len(scores) + 1e-9))
     if allowed >= len(scores):
         return float(scores[-1])
     return float(np.nextafter(scores[allowed], np.inf))
 
 
-def alarm_rule(spec: dict | None) -> dict:
-    """The alarm rule of a config: ``{min_targets: k}`` (k >= 1) or ``{false_alarm_rate: a}`` (0 < a < 1).
-
-    No rule is the paper's: one called target (:data:`ALARM_DEFAULT`).
-    """
-    rule = dict(spec or ALARM_DEFAULT)
-    if len(rule) != 1 or not set(rule) <= {"min_targets", "false_alarm_rate"}:
-        raise InputError(f"alarm: expected {{min_targets: k}} or {{false_alarm_rate: rate}}, got {spec}")
-    value = next(iter(rule.values()))
-    if "min_targets" in rule and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise InputError(f"alarm.min_targets: a positive number of targets, not {value!r}")
-    if "false_alarm_rate" in rule and (isinstance(value, bool) or not isinstance(value, float) or not 0 < value < 1):
-        raise InputError(f"alarm.false_alarm_rate: a probability between 0 and 1 (exclusive), not {value!r}")
-    return rule
+def alarm_rule(spec: dict, where: str = "alarm") -> dict:
+    """An alarm rule checked against the config schema: ``{min_targets: k}`` (k >= 1; k = 1 is the rare-bioparticle
+    paper's rule and the experiment's default) or ``{false_alarm_rate: a}`` (0 < a < 1); ``where`` names its key."""
+    return checked("alarm", spec, where)
 
 
 def false_positive_bound(false_positives: int, negatives: int, confidence: float = BOUND_CONFIDENCE) -> float:
@@ -101,45 +92,12 @@ def _draw(rng: np.random.Generator, pool: np.ndarray, size: int) -> tuple[np.nda
     return rng.choice(pool, size=size, replace=replace), replace
 
 
-def spiked_samples(
-    pred_is_target,
-    confidence,
-    is_target,
-    threshold: float,
-    background: int,
-    spikes: tuple[int, int],
-    samples: int,
-    blanks: int,
-    seed: int,
-    alarm: dict | None = None,
-    validation: tuple[int, int] | None = None,
-) -> pd.DataFrame:
-    """Simulated water samples: ``background`` non-target images, plus k target images spiked into each spiked sample.
-
-    As Table 5 of Luo et al. (RSC Adv 2021): ``samples`` spiked samples, the i-th holding k = spikes[0] + i mod
-    (spikes[1] - spikes[0] + 1) targets, then ``blanks`` samples with no target. An object is called a target when its
-    predicted class is a target class and its confidence reaches ``threshold``. Per sample:
-
-    - ``detected``: spiked targets called target; ``false_positives``: background objects called target;
-    - ``sensitivity`` = detected / spikes; ``specificity`` = (background - false_positives) / background;
-    - ``alarm_at``: called targets that raise the alarm in a sample of its size, by the ``alarm`` rule
-      (:func:`alarm_count`; ``validation`` = (false positives, negatives) on validation, for a calibrated rule);
-    - ``alarm`` = "yes" when at least ``alarm_at`` objects are called target (the sample would be reported positive);
-    - ``recovery`` = (detected + false_positives) / spikes: the count the method reports over the count spiked, as a
-      recovery in water testing; it equals sensitivity when there are no false positives.
-
-    Backgrounds are drawn without replacement unless the pool holds fewer than ``background`` images, and spikes unless
-    fewer than k targets exist; columns ``background_resampled`` and ``spikes_resampled`` say when that happened. A
-    final row ``sample = "mean"`` averages images, false positives and specificity over all samples, spikes, detected,
-    sensitivity and recovery over the spiked ones, and counts alarms as "spiked a/b, blank c/d".
-    """
-    pred_is_target = np.asarray(pred_is_target, dtype=bool)
-    confidence = np.asarray(confidence, dtype=np.float64)
-    is_target = np.asarray(is_target, dtype=bool)
-    if not len(pred_is_target) == len(confidence) == len(is_target):
+def _check_spiked(predicted, confidence, truth, spikes, background, samples, blanks) -> tuple[int, int]:
+    """Raise :class:`InputError` on inputs that cannot make samples; return ``spikes`` as (low, high)."""
+    if not len(predicted) == len(confidence) == len(truth):
         raise InputError(
-            f"spiked_samples: {len(pred_is_target)} predictions, {len(confidence)} confidences and "
-            f"{len(is_target)} truths differ in length"
+            f"spiked_samples: {len(predicted)} predictions, {len(confidence)} confidences and "
+            f"{len(truth)} truths differ in length"
         )
     low, high = (int(v) for v in spikes)
     if not 1 <= low <= high:
@@ -149,58 +107,140 @@ def spiked_samples(
             f"spiked: background must be at least 1 and samples, blanks at least 0; "
             f"got background={background}, samples={samples}, blanks={blanks}"
         )
-    targets, pool = np.flatnonzero(is_target), np.flatnonzero(~is_target)
-    if samples and not len(targets):
-        raise InputError("spiked.samples: the test images hold no target to spike")
-    if not len(pool):
-        raise InputError("spiked.background: the test images hold no non-target background")
-    called = pred_is_target & (confidence >= threshold)
-    rule = alarm_rule(alarm)
-    rng = np.random.default_rng(seed)
-    rows = []
-    for number in range(samples + blanks):
-        spiked = number < samples
-        k = low + number % (high - low + 1) if spiked else 0
-        drawn, background_resampled = _draw(rng, pool, background)
-        spike_idx, spikes_resampled = _draw(rng, targets, k) if spiked else (np.empty(0, dtype=int), False)
-        detected, false_positives = int(called[spike_idx].sum()), int(called[drawn].sum())
-        alarm_at = alarm_count(rule, background + k, *(validation or (None, None)))
-        rows.append(
-            {
-                "sample": str(number + 1),
-                "kind": "spiked" if spiked else "blank",
-                "images": background + k,
-                "spikes": k,
-                "detected": detected,
-                "false_positives": false_positives,
-                "sensitivity": detected / k if spiked else np.nan,
-                "specificity": (background - false_positives) / background,
-                "alarm_at": alarm_at,
-                "alarm": "yes" if detected + false_positives >= alarm_at else "no",
-                "recovery": (detected + false_positives) / k if spiked else np.nan,
-                "background_resampled": background_resampled,
-                "spikes_resampled": spikes_resampled,
-            }
+    return low, high
+
+
+def _spike_plan(targets: list[str], samples: int, spikes: tuple[int, int], mixed: bool) -> list[tuple[str, int]]:
+    """(target, k) of each spiked sample, in order.
+
+    Unmixed, as Table 5 of Luo et al. (RSC Adv 2021), a sample holds one target class: the ``samples`` are shared
+    among the targets in consecutive runs (6 samples, 2 targets: 3 of the first, then 3 of the second; runs differ by
+    one at most), and the j-th sample of a run holds k = spikes[0] + j mod (spikes[1] - spikes[0] + 1), so every
+    target meets the same spike levels. Mixed, the i-th sample holds k = spikes[0] + i mod (...) of any target class.
+    """
+    low, high = spikes
+    if samples and not targets:
+        raise InputError("spiked.samples: no targets to spike (experiment targets is empty)")
+    if mixed:
+        return [(ALL_TARGETS, low + i % (high - low + 1)) for i in range(samples)]
+    if 0 < samples < len(targets):
+        raise InputError(
+            f"spiked.samples: {samples} spiked sample(s) cannot hold each of the {len(targets)} targets once; "
+            "ask for more, or set spiked.mixed: true"
         )
-    table = pd.DataFrame(rows)
-    alarms = table["alarm"].eq("yes")
+    runs = np.array_split(np.arange(samples), len(targets))
+    return [(target, low + j % (high - low + 1)) for target, run in zip(targets, runs) for j in range(len(run))]
+
+
+def _sample_row(called_as: np.ndarray, its_targets, drawn: np.ndarray, spiked: np.ndarray, alarm_at: int) -> dict:
+    """Counts and rates of one sample of background objects ``drawn`` and target objects ``spiked`` (indices into
+    ``called_as``, the target each object is called, "" for none); ``its_targets``: the sample's target classes."""
+    called = np.isin(called_as, its_targets)
+    detected, reported = int(called[spiked].sum()), int(called[spiked].sum() + called[drawn].sum())
+    false_positives = int((called_as[drawn] != "").sum())
+    any_target = int((called_as[spiked] != "").sum()) + false_positives
+    k = len(spiked)
+    return {
+        "images": len(drawn) + k,
+        "background": len(drawn),
+        "spikes": k,
+        "detected": detected,
+        "false_positives": false_positives,
+        "reported": reported,
+        "sensitivity": detected / k if k else np.nan,
+        "specificity": (len(drawn) - false_positives) / len(drawn),
+        "alarm_at": alarm_at,
+        "alarm": "yes" if any_target >= alarm_at else "no",
+        "recovery": reported / k if k else np.nan,
+    }
+
+
+def _mean_row(table: pd.DataFrame, target: str) -> dict:
+    """``sample = "mean"`` over ``table``'s samples: images, background, false positives, specificity and alarm_at
+    over all of them, spikes, detected, reported, sensitivity and recovery over the spiked ones; alarms counted as
+    "spiked a/b", and ", blank c/d" in the row over every sample (``target`` "all")."""
     is_spiked = table["kind"].eq("spiked")
-    mean = {
+    alarms = table["alarm"].eq("yes")
+    alarm = f"spiked {alarms[is_spiked].sum()}/{is_spiked.sum()}"
+    if target == ALL_TARGETS:
+        alarm += f", blank {alarms[~is_spiked].sum()}/{(~is_spiked).sum()}"
+    over_all = ["images", "background", "false_positives", "specificity", "alarm_at"]
+    over_spiked = ["spikes", "detected", "reported", "sensitivity", "recovery"]
+    return {
         "sample": "mean",
         "kind": "",
-        "images": table["images"].mean(),
-        "spikes": table["spikes"][is_spiked].mean(),
-        "detected": table["detected"][is_spiked].mean(),
-        "false_positives": table["false_positives"].mean(),
-        "sensitivity": table["sensitivity"].mean(),
-        "specificity": table["specificity"].mean(),
-        "alarm_at": table["alarm_at"].mean(),
-        "alarm": f"spiked {alarms[is_spiked].sum()}/{samples}, blank {alarms[~is_spiked].sum()}/{blanks}",
-        "recovery": table["recovery"].mean(),
-        "background_resampled": bool(table["background_resampled"].any()),
+        "target": target,
+        **table[over_all].mean(),
+        **table.loc[is_spiked, over_spiked].mean(),
+        "alarm": alarm,
         "spikes_resampled": bool(table["spikes_resampled"].any()),
     }
-    return pd.concat([table, pd.DataFrame([mean])], ignore_index=True)[table.columns]
+
+
+def spiked_samples(
+    predicted,
+    confidence,
+    truth,
+    targets: list[str],
+    threshold: float,
+    background: int,
+    spikes: tuple[int, int],
+    samples: int,
+    blanks: int,
+    seed: int,
+    alarm: dict,
+    validation: tuple[int, int] | None = None,
+    mixed: bool = False,
+) -> pd.DataFrame:
+    """Simulated water samples: background objects, plus k target objects spiked into each spiked sample.
+
+    As Table 5 of Luo et al. (RSC Adv 2021): ``samples`` spiked samples, each holding one of the ``targets`` (class
+    names; ``mixed``: any of them, as one class), then ``blanks`` samples with no target (:func:`_spike_plan`).
+    ``predicted`` and ``truth`` are each object's predicted and true class name; an object is *called* a target when
+    its predicted class is a target and its confidence reaches ``threshold``. The background pool is the objects of no
+    target class; every sample holds min(``background``, pool) of them, drawn without replacement, whether
+    ``background`` is the default or asked for, so no sample repeats an object (column ``background``). A sample's
+    targets are its class, or every target in a mixed or blank sample. Per sample (:func:`_sample_row`):
+
+    - ``detected``: spikes called one of the sample's targets; ``false_positives``: background objects called any
+      target; ``reported``: objects called one of the sample's targets, the count the method reports;
+    - ``sensitivity`` = detected / spikes; ``specificity`` = (background - false_positives) / background;
+    - ``recovery`` = reported / spikes: the count reported over the count spiked, as a recovery in water testing
+      (above 1 with false positives);
+    - ``alarm_at``: called targets that raise the alarm in a sample of its size, by the ``alarm`` rule
+      (:func:`alarm_count`; ``validation`` = (false positives, negatives) on validation, for a calibrated rule);
+    - ``alarm`` = "yes" when at least ``alarm_at`` objects are called any target (the sample is reported positive).
+
+    Spikes are drawn without replacement unless fewer than k objects of the class exist (``spikes_resampled``). Mean
+    rows (:func:`_mean_row`) follow: one per target over its samples (unmixed), then one over every sample.
+    """
+    predicted, truth = np.asarray(predicted), np.asarray(truth)
+    confidence = np.asarray(confidence, dtype=np.float64)
+    spikes = _check_spiked(predicted, confidence, truth, spikes, background, samples, blanks)
+    plan = _spike_plan(list(targets), samples, spikes, mixed)
+    pool = np.flatnonzero(~np.isin(truth, targets))
+    if not len(pool):
+        raise InputError("spiked.background: the test images hold no non-target background")
+    sources = {t: np.flatnonzero(np.isin(truth, targets if t == ALL_TARGETS else [t])) for t, _ in plan}
+    empty = [t for t, source in sources.items() if not len(source)]
+    if empty:
+        raise InputError(f"spiked.samples: the test images hold no {' or '.join(empty)} to spike")
+    called_as = np.where(np.isin(predicted, targets) & (confidence >= threshold), predicted, "")
+    background = min(background, len(pool))
+    rng = np.random.default_rng(seed)
+    rows = []
+    for number, (target, k) in enumerate(plan + [("", 0)] * blanks):
+        drawn = rng.choice(pool, size=background, replace=False)
+        spiked, resampled = _draw(rng, sources[target], k) if k else (np.empty(0, dtype=int), False)
+        its_targets = list(targets) if target in ("", ALL_TARGETS) else [target]
+        alarm_at = alarm_count(alarm, background + k, *(validation or (None, None)))
+        row = _sample_row(called_as, its_targets, drawn, spiked, alarm_at)
+        kind = "spiked" if k else "blank"
+        rows.append({"sample": str(number + 1), "kind": kind, "target": target, **row, "spikes_resampled": resampled})
+    table = pd.DataFrame(rows)
+    per_target = [] if mixed else [_mean_row(table[table["target"].eq(t)], t) for t in dict.fromkeys(sources)]
+    means = pd.DataFrame([*per_target, _mean_row(table, ALL_TARGETS)])
+    return pd.concat([table, means], ignore_index=True)[table.columns]
 
 
 def open_set_results(confidence_known, pred_known, y_known, confidence_unknown, threshold: float) -> dict[str, float]:

@@ -315,23 +315,3 @@ def mean_ci(values, level: float = 0.95) -> tuple[float, float]:
         return mean, float("nan")
     half_width = stats.t.ppf((1 + level) / 2, len(values) - 1) * values.std(ddof=1) / np.sqrt(len(values))
     return mean, float(half_width)
-
-
-def proportion_ci(successes: int, n: int, level: float = 0.95) -> tuple[float, float, float]:
-    """Proportion p = successes / n and its Wilson score interval (Wilson 1927; Newcombe 1998, method 3).
-
-    With z = Phi^-1((1 + level) / 2): centre = (p + z^2 / 2n) / (1 + z^2 / n), half-width =
-    z / (1 + z^2 / n) * sqrt(p (1 - p) / n + z^2 / 4n^2). Returns (p, low, high); unlike the normal
-    approximation it stays inside [0, 1] and is not empty at p = 0 or 1. All NaN for n = 0.
-    """
-    level = _check_level(level)
-    if not 0 <= successes <= n:
-        raise InputError(f"successes = {successes} must lie between 0 and n = {n}")
-    if n == 0:
-        return float("nan"), float("nan"), float("nan")
-    z = stats.norm.ppf((1 + level) / 2)
-    p = successes / n
-    shrink = 1 + z**2 / n
-    centre = (p + z**2 / (2 * n)) / shrink
-    half_width = z / shrink * np.sqrt(p * (1 - p) / n + z**2 / (4 * n**2))
-    return float(p), float(max(0.0, centre - half_width)), float(min(1.0, centre + half_width))

@@ -16,6 +16,7 @@ is the confidence, so the softmax confidence and a metric-learning classifier's 
 the same open-set images.
 """
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,9 +24,10 @@ import joblib
 import numpy as np
 import pandas as pd
 
+from cytodml.config import checked
 from cytodml.errors import InputError
 from cytodml.evaluate.classifiers import select_on_validation
-from cytodml.evaluate.detection import alarm_rule, choose_threshold, open_set_results, spiked_samples
+from cytodml.evaluate.detection import choose_threshold, open_set_results, spiked_samples
 from cytodml.evaluate.metrics import (
     UNKNOWN,
     auroc,
@@ -39,12 +41,9 @@ from cytodml.evaluate.metrics import (
 from cytodml.evaluate.protocols import episodic_accuracy
 from cytodml.io import atomic_path, write_csv, write_parquet
 
-PROTOCOLS = ("full", "fewshot", "episodic")
 SCORED = ("val", "test", "unknown")
-DEFAULT_THRESHOLD = 0.98
-SPIKED_DEFAULTS = {"samples": 6, "blanks": 4, "background": 2000, "spikes": [6, 10]}
-EPISODE_DEFAULTS = {"ways": 8, "shots": 5, "queries": 15, "count": 200}
 REQUIRED_COLUMNS = ("index", "subset", "label", "class_name", "embedding")
+log = logging.getLogger(__name__)
 
 
 def _check_table(embeddings: pd.DataFrame, class_names: list[str], loss: str) -> list[int]:
@@ -78,27 +77,16 @@ def _check_table(embeddings: pd.DataFrame, class_names: list[str], loss: str) ->
     return [int(label_of[name]) for name in class_names]
 
 
-def _threshold_spec(experiment: dict):
-    spec = experiment.get("threshold", DEFAULT_THRESHOLD)
-    if isinstance(spec, dict):
-        if set(spec) != {"false_alarm_rate"}:
-            raise InputError(f"threshold: expected a number or {{false_alarm_rate: rate}}, got {spec}")
-        return spec
-    if isinstance(spec, bool) or not isinstance(spec, (int, float)) or not 0 <= spec <= 1:
-        raise InputError(f"threshold = {spec!r}: expected a confidence in [0, 1] or {{false_alarm_rate: rate}}")
-    return float(spec)
-
-
 def _threshold(spec, predicted, confidence, y, is_val, targets) -> float:
-    """The fixed threshold, or the one whose validation false-alarm rate meets the configured rate.
+    """The fixed threshold, or the one whose validation false-positive rate meets the configured rate.
 
-    A validation false alarm is a non-target called a target class (with targets), else any image called a wrong
+    A validation false positive is a non-target called a target class (with targets), else any image called a wrong
     class: the call a threshold exists to suppress.
     """
     if not isinstance(spec, dict):
         return spec
     if not is_val.any():
-        raise InputError("threshold.false_alarm_rate: the split has no validation images to choose the threshold on")
+        raise InputError("threshold.false_positive_rate: the split has no validation images to choose the threshold on")
     predicted, confidence, y = predicted[is_val], confidence[is_val], y[is_val]
     if len(targets):
         negative = ~np.isin(y, targets)
@@ -107,7 +95,7 @@ def _threshold(spec, predicted, confidence, y, is_val, targets) -> float:
         negative = np.ones(len(y), dtype=bool)
         alarm = predicted != y
     scores = np.where(alarm, confidence, 0.0)[negative]
-    return choose_threshold(scores, spec["false_alarm_rate"])
+    return choose_threshold(scores, spec["false_positive_rate"])
 
 
 def _rows(classifier: str, view: str, values: dict) -> list[dict]:
@@ -117,7 +105,7 @@ def _rows(classifier: str, view: str, values: dict) -> list[dict]:
 def _calls(experiment, table, X, known_labels, is_train, is_val, is_scored, seed):
     """Fitted classifiers, and per classifier the class labels and probabilities of the scored rows."""
     fitted, calls = {}, {}
-    for name, params in (experiment.get("classifiers") or {}).items():
+    for name, params in experiment["classifiers"].items():
         fitted[name], _ = select_on_validation(
             name,
             params or {},
@@ -138,15 +126,6 @@ def _calls(experiment, table, X, known_labels, is_train, is_val, is_scored, seed
     return fitted, calls
 
 
-def _spiked_config(experiment: dict, pool: int) -> dict:
-    given = experiment.get("spiked") or {}
-    stray = set(given) - set(SPIKED_DEFAULTS)
-    if stray:
-        raise InputError(f"spiked: unknown key(s) {sorted(stray)}; expected {sorted(SPIKED_DEFAULTS)}")
-    # The published 2000-image background shrinks to a small test pool unless the config asks for it explicitly.
-    return {**SPIKED_DEFAULTS, "background": min(SPIKED_DEFAULTS["background"], pool)} | given
-
-
 @dataclass(frozen=True)
 class _Scored:
     """The rows a trial scores (val, test, unknown) and what every classifier is judged against."""
@@ -154,6 +133,7 @@ class _Scored:
     index: np.ndarray
     subset: np.ndarray
     y: np.ndarray
+    names: np.ndarray  # the class name of each row, open-set classes included
     known_labels: list[int]
     class_names: list[str]
     target_labels: np.ndarray
@@ -178,6 +158,23 @@ class _Scored:
     @property
     def is_target(self) -> np.ndarray:
         return np.isin(self.y, self.target_labels)
+
+
+def _spiked(predicted, confidence, threshold: float, validation: tuple[int, int], rows: _Scored) -> pd.DataFrame:
+    """One classifier's spiked samples (:func:`spiked_samples`) drawn from the test and open-set images, by class name;
+    the same seed for every classifier, so their samples hold the same images."""
+    name_of = dict(zip(rows.known_labels, rows.class_names))
+    return spiked_samples(
+        np.array([name_of[label] for label in predicted[rows.on_sample]]),
+        confidence[rows.on_sample],
+        rows.names[rows.on_sample],
+        [name_of[label] for label in rows.target_labels],
+        threshold,
+        seed=rows.seed,
+        alarm=rows.alarm,
+        validation=validation,
+        **rows.spiked_config,
+    )
 
 
 def _judge(name: str, classes: np.ndarray, proba: np.ndarray, confidence: np.ndarray, rows: _Scored) -> dict[str, list]:
@@ -210,16 +207,7 @@ def _judge(name: str, classes: np.ndarray, proba: np.ndarray, confidence: np.nda
         validation = (int(called_target[val_negative].sum()), int(val_negative.sum()))
         rare |= {"threshold": threshold, "val_false_positives": validation[0], "val_negatives": validation[1]}
         metrics += _rows(name, "rare", rare)
-        samples = spiked_samples(
-            predicted_target[sample],
-            confidence[sample],
-            rows.is_target[sample],
-            threshold,
-            seed=rows.seed,
-            alarm=rows.alarm,
-            validation=validation,
-            **rows.spiked_config,
-        )
+        samples = _spiked(predicted, confidence, threshold, validation, rows)
         spiked.append(_first(samples.assign(classifier=name, threshold=threshold), ["classifier"]))
     predictions = pd.DataFrame(
         {
@@ -242,11 +230,7 @@ def _judge(name: str, classes: np.ndarray, proba: np.ndarray, confidence: np.nda
 
 
 def _episodes(experiment: dict, X_test: np.ndarray, names_test: np.ndarray, seed: int) -> pd.DataFrame:
-    given = experiment.get("episodes") or {}
-    stray = set(given) - set(EPISODE_DEFAULTS)
-    if stray:
-        raise InputError(f"episodes: unknown key(s) {sorted(stray)}; expected {sorted(EPISODE_DEFAULTS)}")
-    table = episodic_accuracy(X_test, names_test, seed=seed, **(EPISODE_DEFAULTS | given))
+    table = episodic_accuracy(X_test, names_test, seed=seed, **experiment["episodes"])
     return table.rename(columns={"class": "class_name"})
 
 
@@ -255,12 +239,14 @@ def evaluate_trial(
 ) -> dict[str, object]:
     """Evaluate one trial's embeddings (the embed stage's table) under the experiment's protocol.
 
-    Classifiers named in ``experiment["classifiers"]`` are fitted on the ``train`` rows, with open hyper-parameters
+    ``experiment`` is the experiment's config block; keys it lacks take the config schema's defaults, and a wrong key
+    or value raises :class:`InputError` naming it. Classifiers named in ``experiment["classifiers"]`` are fitted on the ``train`` rows, with open hyper-parameters
     chosen on ``val`` (:func:`select_on_validation`), and applied to ``val``, ``test`` and ``unknown`` rows. The
-    threshold is ``experiment["threshold"]`` (default 0.98) or, given ``{false_alarm_rate: r}``, chosen per classifier
+    threshold is ``experiment["threshold"]`` or, given ``{false_positive_rate: r}``, chosen per classifier
     on validation (:func:`_threshold`). Targets (``experiment["targets"]``, class names) make the ``rare`` view and
     the spiked samples, whose alarms follow ``experiment["alarm"]`` (:func:`~cytodml.evaluate.detection.alarm_rule`);
-    spiked-sample backgrounds are the non-target ``test`` and ``unknown`` images, so unseen
+    spiked-sample backgrounds are drawn from the non-target ``test`` and ``unknown`` images, min(spiked.background,
+    their number) per sample (:func:`~cytodml.evaluate.detection.spiked_samples`), so unseen
     particle types can raise false positives as in a real water sample, and every classifier sees the same samples
     (one seed), so their rows pair up. The episodic protocol adds nearest-prototype episodes on the known test
     images (``experiment["episodes"]``).
@@ -271,16 +257,12 @@ def evaluate_trial(
     confidence for the val, test and unknown rows), ``spiked`` and ``open_set`` (one table each, a ``classifier``
     column first), ``episodes`` (per class; empty unless the protocol is episodic) and ``classifiers`` (name -> fitted).
     """
-    protocol = experiment.get("protocol")
-    if protocol not in PROTOCOLS:
-        raise InputError(f"protocol = {protocol!r}: expected one of {', '.join(PROTOCOLS)}")
+    experiment = checked("experiment", experiment, partial=True)
     known_labels = _check_table(embeddings, class_names, loss)
-    targets = experiment.get("targets") or []
+    targets = experiment["targets"]
     stray = [t for t in targets if t not in class_names]
     if stray:
         raise InputError(f"targets: {stray} are not among the known classes {class_names}")
-    threshold_spec = _threshold_spec(experiment)
-    alarm = alarm_rule(experiment.get("alarm"))
 
     table = embeddings.reset_index(drop=True)
     X = np.stack(table["embedding"].to_numpy()).astype(np.float64)
@@ -297,25 +279,35 @@ def evaluate_trial(
         index=scored["index"].to_numpy(),
         subset=scored["subset"].to_numpy(),
         y=scored["label"].to_numpy(),
+        names=scored["class_name"].to_numpy(),
         known_labels=known_labels,
         class_names=class_names,
         target_labels=target_labels,
-        threshold_spec=threshold_spec,
-        spiked_config=_spiked_config(experiment, int(background.sum())),
-        alarm=alarm,
+        threshold_spec=experiment["threshold"],
+        spiked_config=experiment["spiked"],
+        alarm=experiment["alarm"],
         seed=seed,
     )
     parts = {"metrics": [], "confusion": [], "per_class": [], "predictions": [], "spiked": [], "open_set": []}
     for name, (classes, proba, confidence) in calls.items():
         for key, value in _judge(name, classes, proba, confidence, rows).items():
             parts[key] += value
+    if parts["spiked"]:
+        # the job log says what the background rule gave, so a background smaller than asked is never a surprise
+        log.info(
+            "spiked samples: %d background images each (spiked.background %d, at most the %d non-target test and "
+            "open-set images)",
+            parts["spiked"][0]["background"].iloc[0],
+            experiment["spiked"]["background"],
+            background.sum(),
+        )
 
     X_test, y_test = X[is_scored][rows.is_test], rows.y[rows.is_test]
     parts["metrics"] += _rows(
         "embedding", "latent", cluster_metrics(X_test, y_test) | retrieval_metrics(X_test, y_test)
     )
     episodes = pd.DataFrame(columns=["class_name", "accuracy", "ci_low", "ci_high", "episodes"])
-    if protocol == "episodic":
+    if experiment["protocol"] == "episodic":
         name_of = dict(zip(known_labels, class_names))
         episodes = _episodes(experiment, X_test, np.array([name_of[v] for v in y_test]), seed)
         # Every episode holds `ways` classes with `queries` queries each, so the mean episode accuracy is the

@@ -9,6 +9,7 @@ A model bundle is the plain dict :func:`cytodml.learn.trainer.train` returns and
 """
 
 import contextlib
+import os
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +26,47 @@ MODEL_VERSION = 1
 IMAGE_DTYPES = ("uint8", "uint16")
 
 
-def choose_device() -> torch.device:
-    """The first CUDA device where there is one, else the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+class GPUUnavailable(RuntimeError):
+    """A job asked for a GPU but PyTorch cannot use one; the message says whether the build or the node is at fault."""
+
+
+def choose_device(require_gpu: bool = False) -> torch.device:
+    """The first CUDA device where there is one, else the CPU; with ``require_gpu`` (the job's resources ask for a GPU)
+    a missing CUDA raises :class:`GPUUnavailable` instead, since a silent CPU run takes days where hours were booked."""
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if require_gpu:
+        raise GPUUnavailable(cuda_unavailable_reason())
+    return torch.device("cpu")
+
+
+def cuda_unavailable_reason() -> str:
+    """Why CUDA is unusable here, in the two forms clusters show: a CPU-only PyTorch build, or no GPU visible."""
+    if torch.version.cuda is None:
+        return (
+            f"this job asked for a GPU, but PyTorch {torch.__version__} is a CPU-only build (no CUDA): the job's "
+            f"environment resolved a CPU build of PyTorch; install a CUDA build (docs/cluster.md, 'GPU jobs'), or, "
+            f"where no GPU is meant, let the job ask for none (--resources gpu=0)"
+        )
+    visible = repr(os.environ["CUDA_VISIBLE_DEVICES"]) if "CUDA_VISIBLE_DEVICES" in os.environ else "unset"
+    return (
+        f"this job asked for a GPU, but PyTorch {torch.__version__} (built for CUDA {torch.version.cuda}) sees no "
+        f"GPU (CUDA_VISIBLE_DEVICES={visible}): the node has no GPU visible to the job or no working driver; check "
+        f"the job's GPU request (sbatch --gpus / --gres) and nvidia-smi on the node"
+    )
+
+
+def asks_for_gpu(resources) -> bool:
+    """Whether a job's resources (Snakemake's ``resources``: ``gpu`` as in the profiles, or a ``gres`` naming one)
+    ask for a GPU. ``--resources gpu=0`` caps every job's ``gpu`` at 0, so a CPU machine can opt out."""
+    return int(resources.get("gpu", 0) or 0) > 0 or "gpu" in str(resources.get("gres", "") or "")
+
+
+def describe_device(device: torch.device) -> str:
+    """The device a job runs on, for its log: the GPU's name and CUDA version, or the CPU."""
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)}, PyTorch {torch.__version__}, CUDA {torch.version.cuda})"
+    return f"cpu (PyTorch {torch.__version__})"
 
 
 def autocast(device: torch.device):

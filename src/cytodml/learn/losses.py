@@ -15,25 +15,23 @@ Tuples are formed within the batch ("online"). Random choices (contrastive pairs
 import importlib
 import inspect
 from collections.abc import Mapping
-from types import MappingProxyType
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cytodml.config import checked
 from cytodml.errors import InputError
 
 __all__ = [
-    "MetricLoss",
-    "SoftmaxLoss",
-    "ContrastiveLoss",
-    "TripletLoss",
-    "NPairLoss",
-    "ConstellationLoss",
-    "PMLLoss",
     "LOSS_TYPES",
-    "LOSS_DEFAULTS",
-    "LOSS_REQUIRED",
+    "ConstellationLoss",
+    "ContrastiveLoss",
+    "MetricLoss",
+    "NPairLoss",
+    "PMLLoss",
+    "SoftmaxLoss",
+    "TripletLoss",
     "build_loss",
 ]
 
@@ -56,6 +54,10 @@ class MetricLoss(nn.Module):
 
     def compute_loss(self, embeddings: Tensor, labels: Tensor) -> Tensor:
         raise NotImplementedError
+
+    def check_batch(self, samples_per_class: int, num_classes: int) -> None:
+        """Raise InputError naming the config key where batches with ``samples_per_class`` images of each of
+        ``num_classes`` classes do not suit the loss; the trainer asks before training. Here any batch suits."""
 
 
 # ---------------------------------------------------------------------------------------------------- building blocks
@@ -132,7 +134,7 @@ class SoftmaxLoss(MetricLoss):
     a rare class would otherwise be absent from most batches.
     """
 
-    def __init__(self, num_classes: int, embedding_dim: int, balanced_batches: bool = False):
+    def __init__(self, num_classes: int, embedding_dim: int, balanced_batches: bool):
         super().__init__()
         self.head = nn.Linear(embedding_dim, num_classes)
         self.samples_per_class_min = 1 if _check_bool("balanced_batches", balanced_batches) else 0
@@ -157,7 +159,7 @@ class ContrastiveLoss(MetricLoss):
     normalisation.
     """
 
-    def __init__(self, similar_margin: float = 0.9, dissimilar_margin: float = 1.0):
+    def __init__(self, similar_margin: float, dissimilar_margin: float):
         super().__init__()
         self.similar_margin = _check_number("similar_margin", similar_margin, 0)
         self.dissimilar_margin = _check_number("dissimilar_margin", dissimilar_margin, 0)
@@ -198,7 +200,7 @@ class TripletLoss(MetricLoss):
     (``normalize``) and use margin 1.5, so squared distances lie in [0, 4]. A batch where nothing is mined gives 0.
     """
 
-    def __init__(self, margin: float = 1.5, mining: str = "semihard", squared: bool = True, normalize: bool = True):
+    def __init__(self, margin: float, mining: str, squared: bool, normalize: bool):
         super().__init__()
         if mining not in MINING:
             raise InputError(f"mining: expected one of {', '.join(MINING)}, got {mining!r}")
@@ -246,7 +248,7 @@ class NPairLoss(MetricLoss):
     with this regulariser instead (``l2_reg`` 0.002, as the TensorFlow ``npairs_loss`` default).
     """
 
-    def __init__(self, l2_reg: float = 0.002):
+    def __init__(self, l2_reg: float):
         super().__init__()
         self.l2_reg = _check_number("l2_reg", l2_reg, 0)
 
@@ -274,30 +276,97 @@ class NPairLoss(MetricLoss):
         return F.cross_entropy(similarities, targets) + self.l2_reg * regulariser
 
 
+CONSTELLATION_PAIRS = ("per_anchor", "all")
+NEGATIVE_COMBINATIONS_LIMIT = 100  # Medela & Picon keep spc^K under it (their eq. 5)
+
+
+def all_pairs_with_one_negative_per_class(
+    labels: Tensor, k: int | str, generator: torch.Generator | None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """The constellation paper's tuples: every positive pair of each class, with negatives of K distinct classes.
+
+    Returns (anchor P, positive P, negatives P x K): the P pairs (i, j), i < j in batch order, of images of one class
+    (spc(spc - 1)/2 for a class with spc images in the batch), i the anchor; per pair, K of the other classes in the
+    batch drawn without replacement (all of them for ``k = "all"`` or where there are fewer than K) and one image of
+    each drawn uniformly.
+    """
+    classes, codes, counts = torch.unique(labels, return_inverse=True, return_counts=True)
+    positive_mask, _ = class_masks(labels)
+    anchor, positive = torch.nonzero(positive_mask.triu(diagonal=1), as_tuple=True)
+    others = len(classes) - 1
+    k = others if k == "all" else min(k, others)
+    class_scores = torch.rand((len(anchor), len(classes)), device=labels.device, generator=generator)
+    class_scores[torch.arange(len(anchor), device=labels.device), codes[anchor]] = -1.0  # never the anchor's class
+    negative_class = class_scores.topk(k, dim=1).indices
+    by_class = torch.argsort(codes, stable=True)  # image indices grouped by class, in the order of ``classes``
+    first = torch.cumsum(counts, dim=0) - counts
+    size = counts[negative_class]
+    draw = torch.rand(negative_class.shape, device=labels.device, generator=generator)
+    offset = (draw * size).long().clamp_max(size - 1)  # uniform in [0, size); the clamp guards float rounding
+    return anchor, positive, by_class[first[negative_class] + offset]
+
+
 class ConstellationLoss(MetricLoss):
     """Constellation loss (Medela & Picon, J Pathol Inform 2020, 11:38).
 
-    Per anchor f_a a random positive f_p of its class and K random negatives f_nj, each of any other class in the
-    batch (drawn without replacement); with dot-product similarities,
+    For N tuples of an anchor f_a, a positive f_p of its class and K negatives f_n1..f_nK of other classes, with
+    dot-product similarities on the unit sphere (the embeddings are L2-normalised, as in the paper),
 
-        L = (1/N) sum_a log(1 + sum_{j=1..K} exp(f_a.f_nj - f_a.f_p)),
+        L = (1/N) sum over tuples log(1 + sum_{j=1..K} exp(f_a.f_nj - f_a.f_p)).
 
-    N the anchors with a positive and a negative in the batch. An anchor with fewer than K negatives in the batch uses
-    all it has; ``k: all`` uses every negative. The embeddings are L2-normalised, as in the paper.
+    ``pairs`` says how the batch is read as tuples:
+
+    - ``all``, the paper's construction: every positive pair, spc(spc - 1)/2 per class with spc images in the batch,
+      the earlier image in batch order the anchor; per pair K negatives, one image from each of K other classes of
+      the batch, classes and images drawn at random (:func:`all_pairs_with_one_negative_per_class`); ``k: all`` takes
+      one image of every other class. The paper keeps spc^K < 100 (its eq. 5) for spc = ``train.samples_per_class``;
+      :meth:`check_batch` enforces it before training.
+    - ``per_anchor``: each image with another of its class in the batch is an anchor, with one random positive and K
+      random negatives of any other classes (drawn without replacement); ``k: all`` uses every negative.
+
+    A tuple with fewer than K negatives in the batch uses all it has.
     """
 
     normalize_embeddings = True
 
-    def __init__(self, k: int | str = 3):
+    def __init__(self, k: int | str, pairs: str):
         super().__init__()
         if k != "all" and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
             raise InputError(f"k: expected a positive integer or 'all', got {k!r}")
+        if pairs not in CONSTELLATION_PAIRS:
+            raise InputError(f"pairs: expected one of {', '.join(CONSTELLATION_PAIRS)}, got {pairs!r}")
         self.k = k
+        self.pairs = pairs
+
+    def check_batch(self, samples_per_class: int, num_classes: int) -> None:
+        """With ``pairs: all``, spc^K < 100 (Medela & Picon, eq. 5), spc = samples_per_class, K = min(k, classes - 1)."""
+        if self.pairs != "all":
+            return
+        k = num_classes - 1 if self.k == "all" else min(self.k, num_classes - 1)
+        if samples_per_class**k >= NEGATIVE_COMBINATIONS_LIMIT:
+            raise InputError(
+                f"train.samples_per_class: {samples_per_class} images per class with a constellation loss of pairs: "
+                f"all and K = {k} negatives gives spc^K = {samples_per_class**k} negative combinations per positive "
+                f"pair; Medela & Picon keep spc^K < {NEGATIVE_COMBINATIONS_LIMIT} (their eq. 5): lower "
+                "train.samples_per_class or k, or use pairs: per_anchor"
+            )
 
     def compute_loss(self, embeddings, labels):
+        similarities = embeddings @ embeddings.T
+        if self.pairs == "all":
+            return self._all_pairs_loss(similarities, labels)
+        return self._per_anchor_loss(similarities, labels)
+
+    def _all_pairs_loss(self, similarities: Tensor, labels: Tensor) -> Tensor:
+        anchor, positive, negatives = all_pairs_with_one_negative_per_class(labels, self.k, self.generator)
+        if negatives.numel() == 0:
+            return zero_loss(similarities)
+        logits = similarities[anchor[:, None], negatives] - similarities[anchor, positive][:, None]
+        return log1p_sum_exp(logits, torch.ones_like(logits, dtype=torch.bool)).mean()
+
+    def _per_anchor_loss(self, similarities: Tensor, labels: Tensor) -> Tensor:
         positive_mask, negative_mask = class_masks(labels)
         positive, has_positive = random_columns(positive_mask, 1, self.generator)
-        similarities = embeddings @ embeddings.T
         if self.k == "all":
             s_an, valid = similarities, negative_mask
         else:
@@ -305,7 +374,7 @@ class ConstellationLoss(MetricLoss):
             s_an = similarities.gather(1, negatives)
         anchor = has_positive[:, 0] & valid.any(dim=1)
         if not anchor.any():
-            return zero_loss(embeddings)
+            return zero_loss(similarities)
         s_ap = similarities.gather(1, positive)
         return log1p_sum_exp((s_an - s_ap)[anchor], valid[anchor]).mean()
 
@@ -323,16 +392,18 @@ class PMLLoss(MetricLoss):
         num_classes: int,
         embedding_dim: int,
         loss: str,
-        loss_kwargs: Mapping = MappingProxyType({}),
-        miner: str | None = None,
-        miner_kwargs: Mapping = MappingProxyType({}),
-        normalize: bool = True,
+        loss_kwargs: Mapping,
+        miner: str | None,
+        miner_kwargs: Mapping,
+        normalize: bool,
     ):
         super().__init__()
         self.normalize_embeddings = _check_bool("normalize", normalize)
         sizes = {"num_classes": num_classes, "embedding_size": embedding_dim}
         # imported here: pytorch-metric-learning takes seconds to import, and only this loss type needs it
-        self.loss = _build_pml("loss", importlib.import_module("pytorch_metric_learning.losses"), loss, loss_kwargs, sizes)
+        self.loss = _build_pml(
+            "loss", importlib.import_module("pytorch_metric_learning.losses"), loss, loss_kwargs, sizes
+        )
         miners = importlib.import_module("pytorch_metric_learning.miners") if miner is not None else None
         self.miner = None if miner is None else _build_pml("miner", miners, miner, miner_kwargs, {})
 
@@ -366,54 +437,20 @@ LOSS_TYPES: dict[str, type[MetricLoss]] = {
     "pml": PMLLoss,
 }
 
-_SIZES = ("num_classes", "embedding_dim")
-
-
-def _config_parameters(cls) -> dict[str, object]:
-    """The constructor parameters a config entry sets (the sizes come from the experiment), with their defaults."""
-    return {name: p.default for name, p in inspect.signature(cls).parameters.items() if name not in _SIZES}
-
-
-LOSS_DEFAULTS: dict[str, dict[str, object]] = {
-    kind: {name: default for name, default in _config_parameters(cls).items() if default is not inspect.Parameter.empty}
-    for kind, cls in LOSS_TYPES.items()
-}
-"""Per loss type, each optional parameter and its default (what the config schema mirrors)."""
-
-LOSS_REQUIRED: dict[str, tuple[str, ...]] = {
-    kind: tuple(name for name, default in _config_parameters(cls).items() if default is inspect.Parameter.empty)
-    for kind, cls in LOSS_TYPES.items()
-}
-"""Per loss type, the parameters a config entry must set (``pml``: ``loss``)."""
-
-
 def build_loss(spec: dict, num_classes: int, embedding_dim: int, *, name: str | None = None) -> MetricLoss:
-    """The loss a config entry describes, e.g. ``{type: constellation, k: 3}``.
+    """The loss a config entry describes, e.g. ``{type: constellation, k: 3}``; parameters it leaves out take the
+    config schema's defaults (the loss classes keep none of their own).
 
     ``name`` is the entry's key under ``losses:``, used in error messages (``losses.<name>.<parameter>``). An unknown
     type, an unknown or missing parameter, or a bad value raises ``InputError`` naming the key.
     """
-    if not isinstance(spec, dict):
-        raise InputError(f"losses.{name}: expected a mapping with a type, got {spec!r}")
-    where = f"losses.{name}" if name is not None else f"losses.<{spec.get('type', '?')} entry>"
-    if "type" not in spec:
-        raise InputError(f"{where}.type: missing; expected one of {', '.join(LOSS_TYPES)}")
-    kind = spec["type"]
-    if kind not in LOSS_TYPES:
-        raise InputError(f"{where}.type: unknown loss type {kind!r}; expected one of {', '.join(LOSS_TYPES)}")
-    cls = LOSS_TYPES[kind]
+    where = f"losses.{name}" if name is not None else "losses.<entry>"
+    spec = checked("loss", spec, where)
+    cls = LOSS_TYPES[spec["type"]]
     parameters = {key: value for key, value in spec.items() if key != "type"}
-    known = _config_parameters(cls)
-    for key in parameters:
-        if key not in known:
-            known_list = ", ".join(known) or "none"
-            raise InputError(f"{where}.{key}: unknown parameter of a {kind} loss (known: {known_list})")
-    for key in LOSS_REQUIRED[kind]:
-        if key not in parameters:
-            raise InputError(f"{where}.{key}: required for a {kind} loss")
     accepted = inspect.signature(cls).parameters
-    sizes = {key: value for key, value in zip(_SIZES, (num_classes, embedding_dim)) if key in accepted}
+    sizes = {"num_classes": num_classes, "embedding_dim": embedding_dim}
     try:
-        return cls(**sizes, **parameters)
+        return cls(**{key: value for key, value in sizes.items() if key in accepted}, **parameters)
     except InputError as error:
         raise InputError(f"{where}.{error}") from error

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cytodml.config import checked
 from cytodml.errors import InputError
 
 
@@ -42,10 +43,6 @@ class EmbeddingNet(nn.Module):
             x = block(x)
             pooled[name] = x.mean(dim=(2, 3)) if x.dim() == 4 else x
         return self.embedding(x), pooled
-
-    def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Each block's pooled output (see :meth:`forward_features`), for the per-block t-SNE figure."""
-        return self.forward_features(x)[1]
 
 
 def glorot_init(module: nn.Module) -> None:
@@ -92,7 +89,7 @@ def residual_block(in_channels: int, out_channels: int) -> nn.Sequential:
     return nn.Sequential(BasicBlock(in_channels, out_channels, 2), BasicBlock(out_channels, out_channels, 1))
 
 
-def luo2021(in_channels: int, embedding_dim: int = 2, normalize: bool = False) -> EmbeddingNet:
+def luo2021(in_channels: int, embedding_dim: int, normalize: bool = False) -> EmbeddingNet:
     """The rare-bioparticle network of Luo et al., RSC Adv 2021, 11:17603, their Table 1.
 
     7x7 convolution (64, stride 2) + batch norm + ReLU; residual blocks RB0 (64), RB1 (128), RB2 (256), each halving
@@ -147,7 +144,7 @@ def gupta2019_output_size(image_size: int) -> tuple[int, int]:
     return height, width
 
 
-def gupta2019(in_channels: int, image_size: int, embedding_dim: int = 128, normalize: bool = True) -> EmbeddingNet:
+def gupta2019(in_channels: int, image_size: int, embedding_dim: int, normalize: bool = True) -> EmbeddingNet:
     """The mitotic HEp-2 network of Gupta et al., CVPR Workshops 2019, their Table 1.
 
     Eleven convolutions of 128 channels with ReLU: 5x5 stride-1 convolutions alternating with strided ones of the
@@ -185,7 +182,7 @@ def gupta2019(in_channels: int, image_size: int, embedding_dim: int = 128, norma
     return net
 
 
-def small(in_channels: int, embedding_dim: int = 2, normalize: bool = False, widths=(16, 32, 64, 64)) -> EmbeddingNet:
+def small(in_channels: int, embedding_dim: int, widths, normalize: bool = False) -> EmbeddingNet:
     """A small CNN for CPU studies: per width a 3x3 convolution + batch norm + ReLU + 2x2 max-pool (rounding up, so
     28 px images pass too), then global average pooling and one dense layer to ``embedding_dim``.
 
@@ -211,9 +208,9 @@ def small(in_channels: int, embedding_dim: int = 2, normalize: bool = False, wid
 def timm_net(
     in_channels: int,
     model: str,
-    embedding_dim: int = 128,
+    embedding_dim: int,
+    sigmoid: bool,
     normalize: bool = False,
-    sigmoid: bool = False,
     pretrained_path: str | None = None,
 ) -> EmbeddingNet:
     """Any `timm <https://github.com/huggingface/pytorch-image-models>`_ backbone with its global pooling, then a
@@ -281,23 +278,15 @@ def load_timm_weights(backbone: nn.Module, path: str, in_channels: int) -> None:
 NETWORKS = {"luo2021": luo2021, "gupta2019": gupta2019, "small": small, "timm": timm_net}
 
 
-def embedding_dim_of(network: dict) -> int:
-    """The embedding dimension a ``network:`` block gives: its ``embedding_dim``, else the named network's default."""
-    if network.get("name") not in NETWORKS:
-        raise InputError(f"network.name: unknown network {network.get('name')!r}; known: {', '.join(NETWORKS)}")
-    default = inspect.signature(NETWORKS[network["name"]]).parameters["embedding_dim"].default
-    return int(network.get("embedding_dim", default))
-
-
 def build_model(network: dict, in_channels: int, image_size: int, normalize: bool) -> EmbeddingNet:
     """The network an experiment's ``network:`` block names, for images of ``in_channels`` x ``image_size``^2.
 
     ``network`` holds ``name`` and ``embedding_dim`` plus the named network's keyword options: ``small`` takes
-    ``widths``; ``timm`` takes ``model`` (required), ``sigmoid`` and ``pretrained_path``.
+    ``widths``; ``timm`` takes ``model`` (required), ``sigmoid`` and ``pretrained_path``. Options it lacks take the
+    config schema's defaults.
     """
-    name = network.get("name")
-    if name not in NETWORKS:
-        raise InputError(f"network.name: unknown network {name!r}; known: {', '.join(NETWORKS)}")
+    network = checked("network", network, "network")
+    name = network["name"]
     builder = NETWORKS[name]
     parameters = inspect.signature(builder).parameters
     from_data = {"in_channels", "image_size", "normalize"}

@@ -30,6 +30,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from cytodml.config import checked
 from cytodml.errors import InputError
 from cytodml.io import atomic_path
 from cytodml.learn.embed import (
@@ -43,24 +44,12 @@ from cytodml.learn.embed import (
     run_model,
 )
 from cytodml.learn.losses import build_loss
-from cytodml.learn.models import build_model, embedding_dim_of
+from cytodml.learn.models import build_model
 from cytodml.learn.samplers import ClassBalancedBatchSampler
 
 __all__ = [
-    "TRAIN_DEFAULTS", "TrainingDiverged", "train", "prepare_run", "load_model", "channel_statistics", "precision_at_1"
+    "TrainingDiverged", "train", "prepare_run", "load_model", "channel_statistics", "precision_at_1"
 ]  # fmt: skip
-
-TRAIN_DEFAULTS = {
-    "epochs": 300,
-    "batch_size": 64,
-    "lr": 0.001,
-    "lr_decay": 0.98,
-    "weight_decay": 0.0,
-    "patience": 20,
-    "samples_per_class": None,
-    "monitor": "val_loss",
-}
-"""The ``train:`` block's keys and defaults (``samples_per_class`` None: max(2, what the loss needs))."""
 
 MONITORS = {"val_loss": min, "val_precision_at_1": max}
 BETAS = (0.9, 0.999)
@@ -116,25 +105,19 @@ def prepare_run(
     """The inputs of :func:`train` checked and turned into a :class:`Run` (network, loss, optimiser, batches) that has
     not trained yet; ``train`` fits it, a benchmark can drive :meth:`Run.train_step` itself."""
     spec = check_train_spec(train_spec)
-    train_labels = check_data(train_images, train_labels, "train", len(class_names))
-    val_labels = check_data(val_images, val_labels, "val", len(class_names))
-    if train_images.shape[1:] != val_images.shape[1:] or train_images.dtype != val_images.dtype:
-        raise InputError(
-            f"val images are {val_images.dtype} {val_images.shape[1:]}, train images {train_images.dtype} "
-            f"{train_images.shape[1:]}: both subsets must come from the same patches and channels"
-        )
+    train_labels, val_labels = _check_subsets(
+        train_images, train_labels, val_images, val_labels, spec, class_names, channel_names
+    )
     in_channels, image_size = train_images.shape[1], train_images.shape[2]
-    if spec["monitor"] == "val_precision_at_1" and len(val_images) < 2:
-        raise InputError("train.monitor: val_precision_at_1 needs at least 2 validation images")
-    if len(channel_names) != in_channels:
-        raise InputError(f"channel_names: {len(channel_names)} names for {in_channels} image channels")
 
     device = choose_device()
     torch.manual_seed(seed)
-    embedding_dim = embedding_dim_of(network)
+    network = checked("network", network, "network")
+    embedding_dim = network["embedding_dim"]
     loss = build_loss(loss_spec, len(class_names), embedding_dim).to(device)
     model = build_model(network, in_channels, image_size, loss.normalize_embeddings).to(device)
     samples_per_class = resolve_samples_per_class(spec, loss)
+    loss.check_batch(samples_per_class, len(class_names))
     normalization = channel_statistics(train_images)
     description = {
         "format": MODEL_FORMAT,
@@ -149,7 +132,7 @@ def prepare_run(
         "normalization": normalization,
         "seed": int(seed),
         "dtype": str(train_images.dtype),
-    }
+    }  # what the model bundle records, and what a checkpoint must match to be resumed
     return Run(
         model=model,
         loss=loss,
@@ -169,24 +152,26 @@ def prepare_run(
     )
 
 
+def _check_subsets(train_images, train_labels, val_images, val_labels, spec, class_names, channel_names):
+    """Both subsets' images and labels checked against each other, the classes and the channel names; returns the
+    labels as arrays."""
+    train_labels = check_data(train_images, train_labels, "train", len(class_names))
+    val_labels = check_data(val_images, val_labels, "val", len(class_names))
+    if train_images.shape[1:] != val_images.shape[1:] or train_images.dtype != val_images.dtype:
+        raise InputError(
+            f"val images are {val_images.dtype} {val_images.shape[1:]}, train images {train_images.dtype} "
+            f"{train_images.shape[1:]}: both subsets must come from the same patches and channels"
+        )
+    if spec["monitor"] == "val_precision_at_1" and len(val_images) < 2:
+        raise InputError("train.monitor: val_precision_at_1 needs at least 2 validation images")
+    if len(channel_names) != train_images.shape[1]:
+        raise InputError(f"channel_names: {len(channel_names)} names for {train_images.shape[1]} image channels")
+    return train_labels, val_labels
+
+
 def check_train_spec(train_spec: dict) -> dict:
-    """The ``train:`` block with defaults filled in; an unknown key or bad value raises InputError naming it."""
-    unknown = sorted(set(train_spec) - set(TRAIN_DEFAULTS))
-    if unknown:
-        raise InputError(f"train.{unknown[0]}: unknown key; the train block takes {', '.join(TRAIN_DEFAULTS)}")
-    spec = {**TRAIN_DEFAULTS, **train_spec}
-    for key in ("epochs", "batch_size", "patience"):
-        if isinstance(spec[key], bool) or not isinstance(spec[key], int) or spec[key] < 1:
-            raise InputError(f"train.{key}: expected a positive integer, got {spec[key]!r}")
-    for key, low, high in (("lr", 0, math.inf), ("lr_decay", 0, 1), ("weight_decay", 0, math.inf)):
-        value = spec[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-            raise InputError(f"train.{key}: expected a number in [{low}, {high}], got {value!r}")
-    if spec["lr"] == 0 or spec["lr_decay"] == 0:
-        raise InputError("train.lr and train.lr_decay must be above 0")
-    if spec["monitor"] not in MONITORS:
-        raise InputError(f"train.monitor: expected one of {', '.join(MONITORS)}, got {spec['monitor']!r}")
-    return spec
+    """The ``train:`` block with the config schema's defaults filled in; a wrong key or value raises InputError."""
+    return checked("train", train_spec, "train")
 
 
 def check_data(images: np.ndarray, labels, subset: str, num_classes: int) -> np.ndarray:
@@ -211,7 +196,7 @@ def resolve_samples_per_class(spec: dict, loss) -> int:
     needed = loss.samples_per_class_min
     if needed == 0:
         return 0
-    chosen = spec["samples_per_class"] if spec["samples_per_class"] is not None else max(2, needed)
+    chosen = spec.get("samples_per_class", max(2, needed))
     if isinstance(chosen, bool) or not isinstance(chosen, int) or chosen < needed:
         raise InputError(f"train.samples_per_class: {chosen!r}, but the loss needs at least {needed} per class")
     return chosen

@@ -13,6 +13,7 @@ import pandas as pd
 from scipy import stats
 
 from cytodml.errors import InputError
+from cytodml.evaluate.detection import ALL_TARGETS
 from cytodml.io import write_csv, write_text
 
 KEYS = ["loss", "classifier", "view", "metric"]
@@ -211,12 +212,23 @@ def _write_formatted(table: pd.DataFrame, footnote: str, path_stem: Path, latex:
         write_text(tabular + f"\\par\\footnotesize {_latex_escape(footnote)}\n", path_stem.with_suffix(".tex"))
 
 
+def _spiked_groups(spiked: pd.DataFrame) -> pd.DataFrame:
+    """The per-trial sample rows (mean rows dropped) with, per loss x classifier, each target's spiked samples under
+    its name, then every sample, blanks included, under ``target`` "all"; a mixed sample counts only under "all"."""
+    samples = spiked[spiked["sample"].astype(str) != "mean"]
+    parts = []
+    for _, pair in samples.groupby(["loss", "classifier"], sort=False):
+        parts += [pair[pair["kind"].eq("spiked") & pair["target"].ne(ALL_TARGETS)], pair.assign(target=ALL_TARGETS)]
+    return pd.concat(parts, ignore_index=True)
+
+
 def _spiked_summary(spiked: pd.DataFrame) -> pd.DataFrame:
-    """Per loss x classifier: per-trial means of the samples (sensitivity, recovery over spiked ones), then mean and
-    std over trials; alarm counts and false positives summed over trials."""
-    samples = spiked[spiked["kind"].isin(["spiked", "blank"])]
+    """Per loss x classifier x target (:func:`_spiked_groups`): per-trial means of the samples (sensitivity, recovery
+    over spiked ones), then mean and std over trials; alarm counts and false positives summed over trials."""
+    samples = _spiked_groups(spiked)
     is_spiked = samples["kind"] == "spiked"
     alarms = samples["alarm"] == "yes"
+    keys = ["loss", "classifier", "target"]
     per_trial = (
         samples.assign(
             spiked_alarms=alarms & is_spiked,
@@ -224,12 +236,13 @@ def _spiked_summary(spiked: pd.DataFrame) -> pd.DataFrame:
             blank_alarms=alarms & ~is_spiked,
             blank_samples=~is_spiked,
         )
-        .groupby(["loss", "classifier", "trial"], sort=False)
+        .groupby([*keys, "trial"], sort=False)
         .agg(
             sensitivity=("sensitivity", "mean"),
             specificity=("specificity", "mean"),
             recovery=("recovery", "mean"),
             alarm_at=("alarm_at", "mean"),
+            background=("background", "mean"),
             false_positives=("false_positives", "sum"),
             spiked_alarms=("spiked_alarms", "sum"),
             spiked_samples=("spiked_samples", "sum"),
@@ -238,12 +251,62 @@ def _spiked_summary(spiked: pd.DataFrame) -> pd.DataFrame:
             threshold=("threshold", "first"),
         )
     )
-    grouped = per_trial.groupby(["loss", "classifier"], sort=False)
-    rates = grouped[["sensitivity", "specificity", "recovery", "alarm_at", "threshold"]].agg(["mean", "std"])
+    grouped = per_trial.groupby(keys, sort=False)
+    rates = grouped[["sensitivity", "specificity", "recovery", "alarm_at", "background", "threshold"]].agg(
+        ["mean", "std"]
+    )
     rates.columns = [f"{metric}_{stat}" for metric, stat in rates.columns]
     counts = grouped[["false_positives", "spiked_alarms", "spiked_samples", "blank_alarms", "blank_samples"]].sum()
     counts = counts.astype(np.int64)
     return rates.join(counts).join(grouped.size().rename("trials")).reset_index()
+
+
+def _spiked_footnote(spiked: pd.DataFrame) -> str:
+    """What the spiked table's rows are, and the background size the samples had (the rule is
+    :func:`~cytodml.evaluate.detection.spiked_samples`'s: at most the trial's non-target images)."""
+    samples = spiked[spiked["sample"].astype(str) != "mean"]
+    low, high = int(samples["background"].min()), int(samples["background"].max())
+    spiked_targets = samples.loc[samples["kind"].eq("spiked"), "target"]
+    mixed = len(spiked_targets) and spiked_targets.eq(ALL_TARGETS).all()
+    held = (
+        "each spiked sample holds targets of every class, counted as one (spiked.mixed)"
+        if mixed
+        else "each spiked sample holds one target class, a row per target over its samples"
+    )
+    return (
+        f"Simulated samples (Luo et al. 2021, Table 5): {held}, and 'all' over every sample, blanks included. Per "
+        "trial the mean over the samples, then mean +- standard deviation over trials; alarms and false positives "
+        f"summed over trials. Each sample holds {low if low == high else f'{low} to {high}'} background images "
+        "(spiked.background, at most the trial's non-target test and open-set images). A sample alarms at "
+        "'alarm at' or more objects called a target (the experiment's alarm rule)."
+    )
+
+
+def _write_spiked(spiked: pd.DataFrame, out_dir: Path) -> None:
+    """The spiked table: :func:`_spiked_summary` as CSV, and its paper layout as Markdown and LaTeX."""
+    summary = _spiked_summary(spiked)
+    write_csv(summary, out_dir / "spiked.csv")
+    shown = (
+        summary[["loss", "classifier", "target"]]
+        .assign(
+            **{
+                metric: [format_cell(m, s, metric) for m, s in zip(summary[f"{metric}_mean"], summary[f"{metric}_std"])]
+                for metric in ("sensitivity", "specificity", "recovery", "alarm_at")
+            },
+            **{
+                "alarms, spiked": list(map(_count_of, summary["spiked_alarms"], summary["spiked_samples"])),
+                "alarms, blank": list(map(_count_of, summary["blank_alarms"], summary["blank_samples"])),
+                "false positives": summary["false_positives"],
+            },
+        )
+        .rename(columns={"alarm_at": "alarm at"})
+    )
+    _write_formatted(shown, _spiked_footnote(spiked), out_dir / "spiked")
+
+
+def _count_of(part: int, whole: int) -> str:
+    """ "a / b", or blank where there is nothing to count (no blank sample in a target's row)."""
+    return f"{part} / {whole}" if whole else ""
 
 
 def _open_set_summary(open_set: pd.DataFrame, aggregated: pd.DataFrame) -> pd.DataFrame:
@@ -314,26 +377,7 @@ def write_tables(
         )
 
     if spiked is not None and not spiked.empty:
-        summary = _spiked_summary(spiked)
-        write_csv(summary, out_dir / "spiked.csv")
-        shown = summary[["loss", "classifier"]].assign(
-            **{
-                metric: [format_cell(m, s, metric) for m, s in zip(summary[f"{metric}_mean"], summary[f"{metric}_std"])]
-                for metric in ("sensitivity", "specificity", "recovery", "alarm_at")
-            },
-            **{
-                "alarms, spiked": [f"{a} / {b}" for a, b in zip(summary["spiked_alarms"], summary["spiked_samples"])],
-                "alarms, blank": [f"{a} / {b}" for a, b in zip(summary["blank_alarms"], summary["blank_samples"])],
-                "false positives": summary["false_positives"],
-            },
-        ).rename(columns={"alarm_at": "alarm at"})
-        _write_formatted(
-            shown,
-            "Simulated samples (Luo et al. 2021, Table 5): per trial the mean over its samples, then mean +- standard "
-            "deviation over trials; alarms and false positives summed over trials. A sample alarms at 'alarm at' or "
-            "more objects called a target (the experiment's alarm rule).",
-            out_dir / "spiked",
-        )
+        _write_spiked(spiked, out_dir)
 
     keys = [c for c in confusion.columns if c not in ("trial", "count")]
     write_csv(confusion.groupby(keys, sort=False)["count"].sum().reset_index(), out_dir / "confusion.csv")

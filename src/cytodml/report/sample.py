@@ -1,0 +1,111 @@
+"""A screened sample's report: its objects table, the one-page summary and the montage of its called targets.
+
+What a person reads after :func:`cytodml.predict.predict_sample` has classified a sample: the files of
+``results/predict/<sample>/``. Drawing and writing only; the calls, counts and alarm come made in the result, so the
+report shows what the prediction decided and decides nothing itself.
+"""
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from cytodml.evaluate.detection import BOUND_CONFIDENCE
+from cytodml.evaluate.metrics import UNKNOWN_NAME
+from cytodml.io import atomic_path, write_csv, write_parquet, write_text
+from cytodml.report.figures import display_image
+
+__all__ = ["summary_markdown", "target_montage", "write_prediction"]
+
+MONTAGE_LIMIT = 64
+"""The montage shows the most confident called targets up to this many; the summary gives the full count."""
+MONTAGE_COLUMNS = 8
+
+
+def write_prediction(result: dict, out_dir) -> None:
+    """objects.parquet, objects.csv, summary.md and targets.png of
+    :func:`~cytodml.predict.predict_sample`'s result, each atomically."""
+    out_dir = Path(out_dir)
+    write_parquet(result["objects"], out_dir / "objects.parquet")
+    write_csv(result["objects"], out_dir / "objects.csv")
+    objects = result["objects"].loc[result["target_rows"]]
+    target_montage(result["target_images"], objects, out_dir / "targets.png")
+    write_text(summary_markdown(result["summary"], montage="targets.png"), out_dir / "summary.md")
+
+
+def target_montage(images: np.ndarray, objects: pd.DataFrame, path, limit: int = MONTAGE_LIMIT) -> None:
+    """A grid of the called targets' patches, each captioned with its class and confidence, in the given order.
+
+    ``objects`` holds the rows of ``images`` (columns ``object_id``, ``predicted``, ``confidence``); the first
+    ``limit`` are drawn. A sample without targets gets a figure saying so, so the file always exists.
+    """
+    shown = min(len(images), limit)
+    columns = min(MONTAGE_COLUMNS, max(shown, 1))
+    rows = max(math.ceil(shown / columns), 1)
+    aspect = 1 if images.shape[1] == 3 else images.shape[1]
+    figure = Figure(figsize=(1.6 * columns * aspect, 1.9 * rows + 0.5))
+    FigureCanvasAgg(figure)
+    if not shown:
+        figure.text(0.5, 0.5, "no target called in this sample", ha="center", va="center", fontsize=12)
+    else:
+        axes = figure.subplots(rows, columns, squeeze=False).ravel()
+        for ax in axes:
+            ax.set_axis_off()
+        for ax, image, row in zip(axes, images[:shown], objects.iloc[:shown].itertuples()):
+            ax.imshow(display_image(image), cmap="gray", vmin=0, vmax=1)
+            ax.set_title(f"{row.predicted}\n{row.confidence:.3f}", fontsize=8)
+            ax.text(0.5, -0.04, row.object_id, transform=ax.transAxes, ha="center", va="top", fontsize=6)
+        more = f" (the {shown} most confident of {len(images)})" if len(images) > shown else ""
+        figure.suptitle(f"called targets, to confirm{more}", fontsize=10)
+        figure.subplots_adjust(left=0.01, right=0.99, bottom=0.04, top=1 - 0.5 / figure.get_figheight(), hspace=0.5)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=100)
+
+
+def summary_markdown(summary: dict, montage: str | None = None) -> str:
+    """A one-page Markdown report of a sample: the alarm, the counts per class, the settings, the montage link."""
+    alarm = "**ALARM**" if summary["alarm"] else "no alarm"
+    found = ", ".join(f"{name} {count}" for name, count in summary["target_counts"].items())
+    lines = [
+        f"# Sample {summary['sample']}",
+        "",
+        f"{alarm}: {summary['target_count']} target(s) called ({found}) among {summary['objects']} objects; the rule "
+        f"raises the alarm at {summary['min_targets']} or more objects called a target class "
+        f"({', '.join(summary['targets'])}) with confidence >= {summary['threshold']:g}.{_calibration(summary)}",
+        "",
+        "| class | objects |",
+        "|---|---:|",
+        *(
+            f"| {name}{' (target)' if name in summary['targets'] else ''} | {count} |"
+            for name, count in summary["counts"].items()
+        ),
+        f"| total | {summary['objects']} |",
+        "",
+        f"Objects below the threshold are `{UNKNOWN_NAME}`: none of the known classes, or not sure which.",
+        "",
+        "Quality flags: "
+        + ", ".join(f"{flag.removeprefix('qc_')} {count}" for flag, count in summary["qc"].items())
+        + f"; {summary['dropped']} object(s) dropped before classification (filler, duplicate or background).",
+        "",
+        f"Classifier `{summary['classifier']}`: {summary['origin']}.",
+    ]
+    if montage:
+        lines += ["", f"![called targets, to confirm]({montage})"]
+    return "\n".join(lines) + "\n"
+
+
+def _calibration(summary: dict) -> str:
+    """For a calibrated rule (``false_alarm_rate``), the sentence that says where its count comes from; else ""."""
+    rule = summary["alarm_rule"]
+    if "false_alarm_rate" not in rule:
+        return ""
+    false_positives, negatives = summary["validation"]
+    return (
+        f" This is how many a blank sample of {summary['objects']} objects reaches with probability at most "
+        f"{rule['false_alarm_rate']:g}, from the classifier's {false_positives} false positive(s) among "
+        f"{negatives} non-target validation images (upper {BOUND_CONFIDENCE:.0%} bound on the rate); fewer called "
+        "targets cannot be told from false positives."
+    )
