@@ -148,7 +148,7 @@ def final_outputs():
 def trial_evaluations(wildcards):
     """Every evaluation of one experiment, by kind of result: a list over losses x trials."""
     experiment = EXPERIMENTS[wildcards.experiment]
-    kinds = ("metrics", "confusion", "spiked", "open_set", "episodes")
+    kinds = ("metrics", "confusion", "per_class", "spiked", "open_set", "episodes")
     return {
         kind: [
             f"results/{wildcards.experiment}/eval/{loss}/t{trial}/{kind}.csv"

@@ -19,5 +19,6 @@ with logged(snakemake.log[0]) as log:
         tables["open_set"],
         snakemake.output.tables,
         episodes=tables["episodes"],
+        per_class=tables["per_class"],
     )
     log.info("tables of %d trials written to %s", len(trial_dirs), snakemake.output.tables)

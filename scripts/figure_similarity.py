@@ -4,8 +4,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from cytodml.evaluate.explain import nearest_prototype_cases, similarity_maps
 from cytodml.learn.embed import load_model
-from cytodml.report.figures import nearest_prototype_cases, similarity_grid, similarity_maps
+from cytodml.report.figures import similarity_grid
 from cytodml.runlog import logged
 
 with logged(snakemake.log[0]) as log:

@@ -4,9 +4,9 @@ import numpy as np
 import pandas as pd
 
 from cytodml.data.patching import make_patches
+from cytodml.data.qc import class_montage
 from cytodml.data.splits import trial_seed
 from cytodml.io import write_csv, write_parquet
-from cytodml.report.figures import class_montage
 from cytodml.runlog import logged
 
 with logged(snakemake.log[0]) as log:

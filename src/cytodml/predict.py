@@ -182,11 +182,11 @@ def summarize(
     """The sample's counts and alarm from its objects table (columns ``predicted``, ``is_target`` and QC flags).
 
     ``counts`` has every class of ``class_names`` (zeros included) and ``unknown``; ``target_count`` is the number of
-    objects called a target class; ``alarm`` is True when it reaches ``min_targets``, the count the rule asks of a
-    sample of this size (:func:`~cytodml.evaluate.detection.alarm_count`; ``validation`` for a calibrated rule).
+    objects called a target class; ``alarm`` is True when it reaches ``alarm_at``, the count the rule asks of a
+    sample of this size (the spiked table's "alarm at") (:func:`~cytodml.evaluate.detection.alarm_count`; ``validation`` for a calibrated rule).
     """
     rule = alarm_rule(alarm)
-    min_targets = alarm_count(rule, len(objects), *(validation or (None, None)))
+    alarm_at = alarm_count(rule, len(objects), *(validation or (None, None)))
     called = objects["predicted"].value_counts()
     counts = {name: int(called.get(name, 0)) for name in [*class_names, UNKNOWN_NAME]}
     target_count = int(objects["is_target"].sum())
@@ -197,8 +197,8 @@ def summarize(
         "targets": list(targets),
         "target_counts": {target: counts[target] for target in targets},
         "target_count": target_count,
-        "alarm": target_count >= min_targets,
-        "min_targets": min_targets,
+        "alarm": target_count >= alarm_at,
+        "alarm_at": alarm_at,
         "alarm_rule": rule,
         "validation": list(validation) if validation else None,
         "threshold": float(threshold),

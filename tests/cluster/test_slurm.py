@@ -15,6 +15,8 @@ import pytest
 import torch
 import yaml
 
+from cytodml.learn.embed import CPU_FOR_GPU_JOBS
+
 from ..workflow.conftest import ROOT, snakemake
 from .dryrun import planned_jobs
 from .localslurm import LocalSlurm, Unavailable, install
@@ -52,6 +54,9 @@ def slurm():
         with pytest.MonkeyPatch.context() as env:
             env.setenv("SBATCH_PARTITION", PARTITION)
             env.setenv("SBATCH_ACCOUNT", ACCOUNT)
+            # the node's GPU is a gres SLURM allocates, not a device PyTorch can use: jobs that ask for it may run on
+            # the CPU, saying so in their logs (test_device.py proves they stop without this)
+            env.setenv(CPU_FOR_GPU_JOBS, "1")
             yield cluster
     finally:
         cluster.stop()

@@ -9,7 +9,9 @@ import torch
 from matplotlib.colors import to_hex
 from torch import nn
 
+from cytodml.data import qc
 from cytodml.errors import InputError
+from cytodml.evaluate import explain
 from cytodml.learn.embed import MODEL_FORMAT, MODEL_VERSION, embed
 from cytodml.learn.losses import build_loss
 from cytodml.learn.models import EmbeddingNet, build_model
@@ -251,12 +253,8 @@ def predictions_table(seed: int = 0) -> pd.DataFrame:
             predicted = np.where((label < 0) | wrong, rng.integers(0, 3, 80), label)
             confidence = np.r_[rng.uniform(0.7, 1, 60), rng.uniform(0.3, 0.9, 20)]
             subset = ["test"] * 60 + ["unknown"] * 20
-            parts.append(
-                pd.DataFrame(
-                    dict(loss=loss, classifier=classifier, subset=subset, label=label, predicted=predicted,
-                         confidence=confidence)
-                )
-            )  # fmt: skip
+            columns = {"loss": loss, "classifier": classifier, "subset": subset, "label": label}
+            parts.append(pd.DataFrame(columns | {"predicted": predicted, "confidence": confidence}))
     return pd.concat(parts, ignore_index=True)
 
 
@@ -335,11 +333,11 @@ def test_similarity_map_lights_only_the_region_the_distance_depends_on():
     model = (network, None, bundle_of(network, 1))
     images = np.full((2, 1, SIZE, SIZE), 10, dtype=np.uint8)
     # a prototype above the embedding (mean 10): brightening the left half brings the image closer
-    maps, layer = figures.similarity_maps(model, images, np.full((2, 1), 50.0))
+    maps, layer = explain.similarity_maps(model, images, np.full((2, 1), 50.0))
     assert layer == "halves" and maps.shape == (2, SIZE, SIZE)
     assert maps[:, :, : SIZE // 2 - 1].min() == pytest.approx(1) and maps[:, :, SIZE // 2 + 1 :].max() == 0
     # a prototype below: nothing in the image pulls it closer, the map is empty
-    maps, _ = figures.similarity_maps(model, images, np.full((2, 1), -50.0))
+    maps, _ = explain.similarity_maps(model, images, np.full((2, 1), -50.0))
     assert maps.max() == 0
 
 
@@ -355,17 +353,17 @@ def test_similarity_maps_of_a_trained_shape_network_pick_a_wide_block():
     }
     images = np.random.default_rng(0).integers(0, 255, (3, 1, 32, 32), dtype=np.uint8)
     prototypes = embed(bundle, images)["embedding"] + 1.0
-    maps, layer = figures.similarity_maps(bundle, images, prototypes)
+    maps, layer = explain.similarity_maps(bundle, images, prototypes)
     assert layer == "block1"  # 32 px: block1 is 8 px wide, block2 only 4
     # each map is scaled to its peak, or flat where no region pulls the image closer
     assert maps.shape == (3, 32, 32) and maps.min() >= 0
     assert all(peak == 0 or peak == pytest.approx(1) for peak in maps.max(axis=(1, 2)))
-    maps, layer = figures.similarity_maps(bundle, images, prototypes, layer="input")
+    maps, layer = explain.similarity_maps(bundle, images, prototypes, layer="input")
     assert layer == "input" and maps.max(axis=(1, 2)) == pytest.approx([1, 1, 1])
     with pytest.raises(InputError, match="layer 'block9'"):
-        figures.similarity_maps(bundle, images, prototypes, layer="block9")
+        explain.similarity_maps(bundle, images, prototypes, layer="block9")
     with pytest.raises(InputError, match="prototypes of shape"):
-        figures.similarity_maps(bundle, images, prototypes[:2])
+        explain.similarity_maps(bundle, images, prototypes[:2])
 
 
 def test_nearest_prototype_cases_are_the_nearest_class_mean():
@@ -373,7 +371,7 @@ def test_nearest_prototype_cases_are_the_nearest_class_mean():
     table.loc[(table["subset"] == "test") & (table["class_name"] == "bead"), "embedding"] = pd.Series(
         [[0.0, 4.0]] * 20, index=table.index[(table["subset"] == "test") & (table["class_name"] == "bead")]
     )  # every bead test image sits on the crypto centre
-    cases, prototypes = figures.nearest_prototype_cases(table, per_outcome=4, seed=0)
+    cases, prototypes = explain.nearest_prototype_cases(table, per_outcome=4, seed=0)
     assert sorted(prototypes) == KNOWN
     assert list(cases["correct"]) == [True] * 4 + [False] * 4
     assert set(cases.loc[cases["correct"], "class_name"]) == {"crypto", "debris"}
@@ -384,7 +382,7 @@ def test_nearest_prototype_cases_are_the_nearest_class_mean():
 
 def test_similarity_grid_shows_correct_and_wrong_cases_with_their_maps(paths):
     table = embedding_table(2)
-    cases, _ = figures.nearest_prototype_cases(table, per_outcome=3)
+    cases, _ = explain.nearest_prototype_cases(table, per_outcome=3)
     cases.loc[2, "correct"] = False  # one wrong case
     images = np.random.default_rng(0).integers(0, 255, (len(cases), 2, SIZE, SIZE), dtype=np.uint16)
     maps = np.random.default_rng(1).random((len(cases), SIZE, SIZE))
@@ -405,8 +403,8 @@ def test_class_colours_are_okabe_ito():
 def test_display_image_keeps_the_colours_of_a_photograph_and_stretches_instrument_channels():
     smear = np.zeros((3, 4, 4), np.uint8)
     smear[0], smear[1], smear[2] = 230, 180, 200  # a pink red cell: equal stretching per channel would turn it grey
-    np.testing.assert_allclose(figures.display_image(smear)[0, 0], np.array([230, 180, 200]) / 255, rtol=1e-6)
+    np.testing.assert_allclose(qc.display_image(smear)[0, 0], np.array([230, 180, 200]) / 255, rtol=1e-6)
     ifc = np.stack([np.linspace(100, 200, 16).reshape(4, 4), np.linspace(1000, 5000, 16).reshape(4, 4)])
-    shown = figures.display_image(ifc.astype(np.uint16))
+    shown = qc.display_image(ifc.astype(np.uint16))
     assert shown.shape == (4, 8)  # two channels side by side, each stretched to [0, 1]
     assert shown[:, :4].min() == 0 and shown[:, :4].max() == 1 and shown[:, 4:].max() == 1

@@ -7,9 +7,9 @@ import tifffile
 from PIL import Image
 
 from cytodml.data.patching import COUNT_COLUMNS, PATCH_COLUMNS, content_hash, foreground, make_patches
+from cytodml.data.qc import class_montage
 from cytodml.data.sources import ingest
 from cytodml.errors import InputError
-from cytodml.report.figures import class_montage
 
 BACKGROUND, NOISE = 700.0, 5.0
 

@@ -252,7 +252,7 @@ def test_calibrated_alarm_reads_the_evaluations_false_positives(study, gmm, tmp_
     rule = {"false_alarm_rate": 0.01}
     result = run(gmm, source, threshold, alarm=rule, validation=validation)
     summary = result["summary"]
-    assert summary["min_targets"] >= 1 and summary["alarm"] == (summary["target_count"] >= summary["min_targets"])
+    assert summary["alarm_at"] >= 1 and summary["alarm"] == (summary["target_count"] >= summary["alarm_at"])
     write_prediction(result, tmp_path / "o")
     text = (tmp_path / "o" / "summary.md").read_text()
     assert "a blank sample of 60 objects reaches with probability at most 0.01" in text

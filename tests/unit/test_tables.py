@@ -6,7 +6,14 @@ import pytest
 from scipy import stats
 
 from cytodml.errors import InputError
-from cytodml.report.tables import aggregate, collect_trials, format_cell, paper_table, write_tables
+from cytodml.report.tables import (
+    aggregate,
+    collect_trials,
+    format_cell,
+    paper_table,
+    per_class_summary,
+    write_tables,
+)
 
 
 def long_metrics(values: dict[tuple[str, str, str, str], list[float]]) -> pd.DataFrame:
@@ -298,7 +305,7 @@ def test_collect_trials_stacks_with_loss_and_trial(tmp_path):
             pd.DataFrame(
                 {"classifier": ["knn"], "view": ["multiclass"], "metric": ["accuracy"], "value": [0.5 + trial]}
             ).to_csv(folder / "metrics.csv", index=False)
-            for name in ("confusion", "open_set"):
+            for name in ("confusion", "open_set", "per_class"):
                 pd.DataFrame({"classifier": ["knn"], "count": [trial]}).to_csv(folder / f"{name}.csv", index=False)
             (folder / "spiked.csv").write_text("classifier\n")  # an experiment without targets
             (folder / "episodes.csv").write_text("class_name,accuracy,ci_low,ci_high,episodes\n")
@@ -311,3 +318,26 @@ def test_collect_trials_stacks_with_loss_and_trial(tmp_path):
         collect_trials({("npair", 1): tmp_path / "npair" / "t1"})
     aggregated = aggregate(tables["metrics"], baseline="softmax")
     assert row(aggregated, "npair", "knn", "accuracy")["mean"] == 1.0
+
+
+def test_per_class_table_is_aggregated_over_trials(tmp_path, metrics):
+    per_class = pd.DataFrame(
+        {
+            "loss": ["triplet"] * 4,
+            "trial": [0, 0, 1, 1],
+            "classifier": ["knn"] * 4,
+            "class": ["crypto", "debris", "crypto", "debris"],
+            "precision": [0.5, 1.0, np.nan, 0.8],  # crypto never predicted in trial 1: no precision
+            "recall": [0.25, 0.75, 0.0, 1.0],
+            "f1": [1 / 3, 6 / 7, np.nan, 8 / 9],
+            "support": [4, 8, 6, 8],
+        }
+    )
+    summary = per_class_summary(per_class).set_index("class")
+    assert summary.loc["crypto", "precision_mean"] == 0.5 and np.isnan(summary.loc["crypto", "precision_std"])
+    assert summary.loc["debris", "recall_mean"] == pytest.approx(0.875)
+    assert summary.loc["debris", "recall_std"] == pytest.approx(np.std([0.75, 1.0], ddof=1))
+    assert summary.loc["crypto", "support"] == 5 and (summary["trials"] == 2).all()
+    write_tables(aggregate(metrics), CONFUSION, None, None, tmp_path, per_class=per_class)
+    assert "87.5 +- 17.7" in (tmp_path / "per_class.md").read_text()
+    assert len(pd.read_csv(tmp_path / "per_class.csv")) == 2

@@ -181,52 +181,64 @@ def _judge(name: str, classes: np.ndarray, proba: np.ndarray, confidence: np.nda
     """Every view of one classifier's probabilities and confidence over the scored rows."""
     predicted = classes[np.argmax(proba, axis=1)]
     threshold = _threshold(rows.threshold_spec, predicted, confidence, rows.y, rows.is_val, rows.target_labels)
+    parts = _known_views(name, predicted, confidence, threshold, rows)
+    parts["metrics"] += _target_views(name, classes, proba, predicted, confidence, threshold, rows, parts["spiked"])
+    parts["predictions"] = [
+        pd.DataFrame(
+            {
+                "index": rows.index,
+                "subset": rows.subset,
+                "label": rows.y,
+                "classifier": name,
+                "predicted": predicted,
+                "confidence": confidence,
+            }
+        )
+    ]
+    return parts
+
+
+def _known_views(name, predicted, confidence, threshold: float, rows: _Scored) -> dict[str, list]:
+    """The multiclass and open-set views: metrics, confusions (arg-max, and at the threshold with open-set images as
+    the actual "unknown" row and rejected images as the predicted one) and per-class scores."""
     test, sample, is_unknown = rows.is_test, rows.on_sample, rows.subset == "unknown"
     y, labels, names = rows.y, rows.known_labels, rows.class_names
-
     metrics = _rows(name, "multiclass", multiclass_metrics(y[test], predicted[test], labels))
     open_set = open_set_results(confidence[test], predicted[test], y[test], confidence[is_unknown], threshold)
     metrics += _rows(name, "open_set", {**open_set, "threshold": threshold})
-    # At the threshold, open-set images are the actual "unknown" row and rejected images the predicted one.
     actual = np.where(is_unknown, UNKNOWN, y)
     called = np.where(confidence >= threshold, predicted, UNKNOWN)
-    confusion = [
-        confusion_long(y[test], predicted[test], labels, names).assign(classifier=name, view="multiclass"),
-        confusion_long(actual[sample], called[sample], labels, names).assign(classifier=name, view="open_set"),
-    ]
-    spiked = []
-    if len(rows.target_labels):
-        predicted_target = np.isin(predicted, rows.target_labels)
-        target_score = proba[:, np.isin(classes, rows.target_labels)].sum(axis=1)
-        metrics += _rows(name, "binary", binary_metrics(rows.is_target[test], predicted_target[test]))
-        called_target = predicted_target & (confidence >= threshold)
-        rare = binary_metrics(rows.is_target[test], called_target[test])
-        rare["auroc"] = auroc(target_score[test], rows.is_target[test])
-        # what a calibrated alarm rests on, here and when the classifier screens new samples (cytodml.predict)
-        val_negative = rows.is_val & ~rows.is_target
-        validation = (int(called_target[val_negative].sum()), int(val_negative.sum()))
-        rare |= {"threshold": threshold, "val_false_positives": validation[0], "val_negatives": validation[1]}
-        metrics += _rows(name, "rare", rare)
-        samples = _spiked(predicted, confidence, threshold, validation, rows)
-        spiked.append(_first(samples.assign(classifier=name, threshold=threshold), ["classifier"]))
-    predictions = pd.DataFrame(
-        {
-            "index": rows.index,
-            "subset": rows.subset,
-            "label": y,
-            "classifier": name,
-            "predicted": predicted,
-            "confidence": confidence,
-        }
-    )
     return {
         "metrics": metrics,
-        "confusion": confusion,
+        "confusion": [
+            confusion_long(y[test], predicted[test], labels, names).assign(classifier=name, view="multiclass"),
+            confusion_long(actual[sample], called[sample], labels, names).assign(classifier=name, view="open_set"),
+        ],
         "per_class": [per_class_metrics(y[test], predicted[test], labels, names).assign(classifier=name)],
-        "predictions": [predictions],
-        "spiked": spiked,
+        "spiked": [],
         "open_set": [{"classifier": name, "threshold": threshold, **open_set}],
     }
+
+
+def _target_views(name, classes, proba, predicted, confidence, threshold: float, rows: _Scored, spiked: list) -> list:
+    """The binary (arg-max) and rare (at the threshold) views of the targets against the rest, and the spiked
+    samples (appended to ``spiked``); nothing for an experiment without targets."""
+    if not len(rows.target_labels):
+        return []
+    test = rows.is_test
+    predicted_target = np.isin(predicted, rows.target_labels)
+    target_score = proba[:, np.isin(classes, rows.target_labels)].sum(axis=1)
+    metrics = _rows(name, "binary", binary_metrics(rows.is_target[test], predicted_target[test]))
+    called_target = predicted_target & (confidence >= threshold)
+    rare = binary_metrics(rows.is_target[test], called_target[test])
+    rare["auroc"] = auroc(target_score[test], rows.is_target[test])
+    # what a calibrated alarm rests on, here and when the classifier screens new samples (cytodml.predict)
+    val_negative = rows.is_val & ~rows.is_target
+    validation = (int(called_target[val_negative].sum()), int(val_negative.sum()))
+    rare |= {"threshold": threshold, "val_false_positives": validation[0], "val_negatives": validation[1]}
+    samples = _spiked(predicted, confidence, threshold, validation, rows)
+    spiked.append(_first(samples.assign(classifier=name, threshold=threshold), ["classifier"]))
+    return metrics + _rows(name, "rare", rare)
 
 
 def _episodes(experiment: dict, X_test: np.ndarray, names_test: np.ndarray, seed: int) -> pd.DataFrame:
@@ -240,16 +252,16 @@ def evaluate_trial(
     """Evaluate one trial's embeddings (the embed stage's table) under the experiment's protocol.
 
     ``experiment`` is the experiment's config block; keys it lacks take the config schema's defaults, and a wrong key
-    or value raises :class:`InputError` naming it. Classifiers named in ``experiment["classifiers"]`` are fitted on the ``train`` rows, with open hyper-parameters
-    chosen on ``val`` (:func:`select_on_validation`), and applied to ``val``, ``test`` and ``unknown`` rows. The
-    threshold is ``experiment["threshold"]`` or, given ``{false_positive_rate: r}``, chosen per classifier
-    on validation (:func:`_threshold`). Targets (``experiment["targets"]``, class names) make the ``rare`` view and
-    the spiked samples, whose alarms follow ``experiment["alarm"]`` (:func:`~cytodml.evaluate.detection.alarm_rule`);
-    spiked-sample backgrounds are drawn from the non-target ``test`` and ``unknown`` images, min(spiked.background,
-    their number) per sample (:func:`~cytodml.evaluate.detection.spiked_samples`), so unseen
-    particle types can raise false positives as in a real water sample, and every classifier sees the same samples
-    (one seed), so their rows pair up. The episodic protocol adds nearest-prototype episodes on the known test
-    images (``experiment["episodes"]``).
+    or value raises :class:`InputError` naming it. Classifiers named in ``experiment["classifiers"]`` are fitted on
+    the ``train`` rows, with open hyper-parameters chosen on ``val`` (:func:`select_on_validation`), and applied to
+    ``val``, ``test`` and ``unknown`` rows. The threshold is ``experiment["threshold"]`` or, given
+    ``{false_positive_rate: r}``, chosen per classifier on validation (:func:`_threshold`). Targets
+    (``experiment["targets"]``, class names) make the ``rare`` view and the spiked samples, whose alarms follow
+    ``experiment["alarm"]`` (:func:`~cytodml.evaluate.detection.alarm_rule`); spiked-sample backgrounds are drawn
+    from the non-target ``test`` and ``unknown`` images, min(spiked.background, their number) per sample
+    (:func:`~cytodml.evaluate.detection.spiked_samples`), so unseen particle types can raise false positives as in a
+    real water sample, and every classifier sees the same samples (one seed), so their rows pair up. The episodic
+    protocol adds nearest-prototype episodes on the known test images (``experiment["episodes"]``).
 
     Returns a dict: ``metrics`` (classifier, view, metric, value), ``confusion`` (classifier, view, actual, predicted,
     count: view ``multiclass`` the arg-max on known test images, view ``open_set`` at the threshold with open-set
@@ -259,11 +271,9 @@ def evaluate_trial(
     """
     experiment = checked("experiment", experiment, partial=True)
     known_labels = _check_table(embeddings, class_names, loss)
-    targets = experiment["targets"]
-    stray = [t for t in targets if t not in class_names]
+    stray = [t for t in experiment["targets"] if t not in class_names]
     if stray:
         raise InputError(f"targets: {stray} are not among the known classes {class_names}")
-
     table = embeddings.reset_index(drop=True)
     X = np.stack(table["embedding"].to_numpy()).astype(np.float64)
     subset = table["subset"].to_numpy()
@@ -271,23 +281,8 @@ def evaluate_trial(
     if not (subset == "test").any():
         raise InputError(f"embeddings of loss {loss!r}: no 'test' rows to evaluate")
     fitted, calls = _calls(experiment, table, X, known_labels, subset == "train", subset == "val", is_scored, seed)
+    rows = _scored_rows(table[is_scored], experiment, known_labels, class_names, seed)
 
-    scored = table[is_scored]
-    target_labels = np.array([known_labels[class_names.index(t)] for t in targets], dtype=np.int64)
-    background = scored["subset"].isin(["test", "unknown"]) & ~scored["label"].isin(target_labels)
-    rows = _Scored(
-        index=scored["index"].to_numpy(),
-        subset=scored["subset"].to_numpy(),
-        y=scored["label"].to_numpy(),
-        names=scored["class_name"].to_numpy(),
-        known_labels=known_labels,
-        class_names=class_names,
-        target_labels=target_labels,
-        threshold_spec=experiment["threshold"],
-        spiked_config=experiment["spiked"],
-        alarm=experiment["alarm"],
-        seed=seed,
-    )
     parts = {"metrics": [], "confusion": [], "per_class": [], "predictions": [], "spiked": [], "open_set": []}
     for name, (classes, proba, confidence) in calls.items():
         for key, value in _judge(name, classes, proba, confidence, rows).items():
@@ -299,22 +294,41 @@ def evaluate_trial(
             "open-set images)",
             parts["spiked"][0]["background"].iloc[0],
             experiment["spiked"]["background"],
-            background.sum(),
+            int((rows.on_sample & ~rows.is_target).sum()),
         )
-
     X_test, y_test = X[is_scored][rows.is_test], rows.y[rows.is_test]
     parts["metrics"] += _rows(
         "embedding", "latent", cluster_metrics(X_test, y_test) | retrieval_metrics(X_test, y_test)
     )
     episodes = pd.DataFrame(columns=["class_name", "accuracy", "ci_low", "ci_high", "episodes"])
     if experiment["protocol"] == "episodic":
-        name_of = dict(zip(known_labels, class_names))
-        episodes = _episodes(experiment, X_test, np.array([name_of[v] for v in y_test]), seed)
+        episodes = _episodes(experiment, X_test, np.array([class_names[known_labels.index(v)] for v in y_test]), seed)
         # Every episode holds `ways` classes with `queries` queries each, so the mean episode accuracy is the
         # episode-weighted mean of the per-class accuracies.
         overall = np.average(episodes["accuracy"], weights=episodes["episodes"])
         parts["metrics"] += _rows("prototype", "episodic", {"accuracy": overall})
+    return _tables(parts) | {"episodes": episodes, "classifiers": fitted}
 
+
+def _scored_rows(scored: pd.DataFrame, experiment: dict, known_labels: list[int], class_names, seed) -> _Scored:
+    """The val, test and open-set rows, with what every classifier is judged against."""
+    return _Scored(
+        index=scored["index"].to_numpy(),
+        subset=scored["subset"].to_numpy(),
+        y=scored["label"].to_numpy(),
+        names=scored["class_name"].to_numpy(),
+        known_labels=known_labels,
+        class_names=class_names,
+        target_labels=np.array([known_labels[class_names.index(t)] for t in experiment["targets"]], dtype=np.int64),
+        threshold_spec=experiment["threshold"],
+        spiked_config=experiment["spiked"],
+        alarm=experiment["alarm"],
+        seed=seed,
+    )
+
+
+def _tables(parts: dict[str, list]) -> dict[str, pd.DataFrame]:
+    """Every classifier's parts stacked into one table per result, the classifier column first."""
     return {
         "metrics": pd.DataFrame(parts["metrics"], columns=["classifier", "view", "metric", "value"]),
         "confusion": _first(pd.concat(parts["confusion"], ignore_index=True), ["classifier", "view"]),
@@ -324,8 +338,6 @@ def evaluate_trial(
             pd.concat(parts["spiked"], ignore_index=True) if parts["spiked"] else pd.DataFrame(columns=["classifier"])
         ),
         "open_set": pd.DataFrame(parts["open_set"]),
-        "episodes": episodes,
-        "classifiers": fitted,
     }
 
 

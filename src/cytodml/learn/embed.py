@@ -26,6 +26,11 @@ MODEL_VERSION = 1
 IMAGE_DTYPES = ("uint8", "uint16")
 
 
+CPU_FOR_GPU_JOBS = "CYTODML_CPU_FOR_GPU_JOBS"
+"""Set to 1, jobs that ask for a GPU run on the CPU where there is none (testing a cluster's wiring on GPU-less nodes);
+the job log says so. Never the default: a silent CPU run takes days where hours were booked."""
+
+
 class GPUUnavailable(RuntimeError):
     """A job asked for a GPU but PyTorch cannot use one; the message says whether the build or the node is at fault."""
 
@@ -35,7 +40,7 @@ def choose_device(require_gpu: bool = False) -> torch.device:
     a missing CUDA raises :class:`GPUUnavailable` instead, since a silent CPU run takes days where hours were booked."""
     if torch.cuda.is_available():
         return torch.device("cuda")
-    if require_gpu:
+    if require_gpu and os.environ.get(CPU_FOR_GPU_JOBS) != "1":
         raise GPUUnavailable(cuda_unavailable_reason())
     return torch.device("cpu")
 
@@ -66,7 +71,8 @@ def describe_device(device: torch.device) -> str:
     """The device a job runs on, for its log: the GPU's name and CUDA version, or the CPU."""
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)}, PyTorch {torch.__version__}, CUDA {torch.version.cuda})"
-    return f"cpu (PyTorch {torch.__version__})"
+    allowed = f", {CPU_FOR_GPU_JOBS}=1" if os.environ.get(CPU_FOR_GPU_JOBS) == "1" else ""
+    return f"cpu (PyTorch {torch.__version__}{allowed})"
 
 
 def autocast(device: torch.device):

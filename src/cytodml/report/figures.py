@@ -4,37 +4,33 @@ Every figure function takes plain arrays and tables (the workflow's files, read 
 ``path`` (one path, or a list of paths: one file per format) and returns the :class:`~matplotlib.figure.Figure`. The
 look (palette, type sizes) is :mod:`cytodml.report.style`'s. Scatter plots of many images are thinned by
 :func:`balanced_subsample` and projected to the plane by :func:`project_2d`, so every figure stays cheap on a CPU.
+Patches are shown by :func:`cytodml.data.qc.display_image`; what a figure shows of the network's reasoning (nearest
+prototypes, similarity maps) is computed in :mod:`cytodml.evaluate.explain`, and only drawn here.
 """
 
 import itertools
 import math
 from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
-import torch
-import torch.nn.functional as F
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 from sklearn.manifold import TSNE
 from sklearn.metrics import roc_auc_score, roc_curve
 from threadpoolctl import threadpool_limits
 
-from cytodml.errors import InputError
+from cytodml.data.qc import display_image, figure_paths
+from cytodml.errors import InputError, require_columns
 from cytodml.evaluate.classifiers import sklearn_seed
 from cytodml.evaluate.metrics import UNKNOWN_NAME
-from cytodml.learn.embed import BatchLoader, check_images, load_model
-from cytodml.io import atomic_path
 from cytodml.report.style import (
-    FIGURE_FORMATS,
     HEAT,
     KNOWN_COLOR,
     NOVEL_COLOR,
     UNKNOWN_COLOR,
     colors,
-    figure_paths,
     markers,
     new_figure,
     save,
@@ -157,12 +153,6 @@ def _class_legend(figure, styles: dict, present) -> None:
     figure.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 6), markerscale=1.2)
 
 
-def _require(table: pd.DataFrame, columns, what: str) -> None:
-    missing = [column for column in columns if column not in table.columns]
-    if missing:
-        raise InputError(f"{what}: missing column(s) {missing}")
-
-
 def _axis_names(method: str) -> tuple[str, str]:
     return f"{method} 1", f"{method} 2"
 
@@ -200,7 +190,7 @@ def latent_space(
     if not embeddings:
         raise InputError("latent_space: no embeddings given")
     for loss, table in embeddings.items():
-        _require(table, ("subset", "class_name", "embedding"), f"embeddings of loss {loss!r}")
+        require_columns(table, ("subset", "class_name", "embedding"), f"embeddings of loss {loss!r}")
     scored = pd.concat([table[table["subset"].isin(SCORED_SUBSETS)] for table in embeddings.values()])
     styles = _class_styles(scored["class_name"], sorted(set(scored.loc[scored["subset"] == "unknown", "class_name"])))
     columns = min(columns, len(embeddings))
@@ -273,6 +263,42 @@ def block_tsne(
     return save(figure, path)
 
 
+class _Cells(NamedTuple):
+    """The plane cut into squares: its lower-left corner, a square's width and height, each point's square (column,
+    row), and the points shown (one per occupied square)."""
+
+    low: np.ndarray
+    size: np.ndarray
+    square: np.ndarray
+    shown: np.ndarray
+
+
+def _thumbnail_cells(xy: np.ndarray, cells: int) -> _Cells:
+    """The bounding box of ``xy`` cut into ``cells`` x ``cells`` squares; in each occupied square, the point nearest
+    its centre is shown."""
+    low, high = xy.min(axis=0), xy.max(axis=0)
+    size = np.maximum(high - low, 1e-9) / cells
+    square = np.minimum(((xy - low) / size).astype(int), cells - 1)
+    centre_distance = np.linalg.norm((xy - low) / size - (square + 0.5), axis=1)
+    order = np.lexsort((centre_distance, square[:, 1], square[:, 0]))
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = np.any(square[order][1:] != square[order][:-1], axis=1)
+    return _Cells(low, size, square, order[first])
+
+
+def _draw_thumbnails(ax, images: np.ndarray, names: np.ndarray, grid: _Cells, styles: dict) -> None:
+    """Each shown image in its square, at its own aspect ratio, framed in its class colour."""
+    for row in grid.shown:
+        thumbnail = display_image(np.asarray(images[row]))
+        aspect = thumbnail.shape[1] / thumbnail.shape[0]
+        x0, y0 = grid.low + grid.square[row] * grid.size
+        width, height = grid.size[0] * 0.92, grid.size[1] * 0.92 / aspect
+        ax.imshow(
+            thumbnail, cmap="gray", vmin=0, vmax=1, extent=(x0, x0 + width, y0, y0 + height), interpolation="none"
+        )
+        ax.add_patch(Rectangle((x0, y0), width, height, fill=False, edgecolor=styles[names[row]]["color"], lw=1.2))
+
+
 @styled
 def image_tsne(
     images: np.ndarray,
@@ -298,35 +324,19 @@ def image_tsne(
             f"image_tsne: {len(images)} images, {len(embedding)} embeddings and {len(names)} class names differ"
         )
     xy, name = project_2d(np.asarray(embedding), seed=seed, method=method, threads=threads)
-    low, high = xy.min(axis=0), xy.max(axis=0)
-    cell = np.maximum(high - low, 1e-9) / cells
-    square = np.minimum(((xy - low) / cell).astype(int), cells - 1)
-    centre_distance = np.linalg.norm((xy - low) / cell - (square + 0.5), axis=1)
-    order = np.lexsort((centre_distance, square[:, 1], square[:, 0]))
-    first = np.ones(len(order), dtype=bool)
-    first[1:] = np.any(square[order][1:] != square[order][:-1], axis=1)
-    shown = order[first]
-
+    grid = _thumbnail_cells(xy, cells)
     styles = _class_styles(names, sorted(unseen))
     figure = new_figure(7.5, 8.0)
     ax = figure.subplots()
-    for row in shown:
-        thumbnail = display_image(np.asarray(images[row]))
-        aspect = thumbnail.shape[1] / thumbnail.shape[0]
-        x0, y0 = low + square[row] * cell
-        width, height = cell[0] * 0.92, cell[1] * 0.92 / aspect
-        ax.imshow(
-            thumbnail, cmap="gray", vmin=0, vmax=1, extent=(x0, x0 + width, y0, y0 + height), interpolation="none"
-        )
-        ax.add_patch(Rectangle((x0, y0), width, height, fill=False, edgecolor=styles[names[row]]["color"], lw=1.2))
-    ax.set_xlim(low[0], low[0] + cells * cell[0])
-    ax.set_ylim(low[1], low[1] + cells * cell[1])
+    _draw_thumbnails(ax, images, names, grid, styles)
+    ax.set_xlim(grid.low[0], grid.low[0] + cells * grid.size[0])
+    ax.set_ylim(grid.low[1], grid.low[1] + cells * grid.size[1])
     ax.set_aspect("auto")
     ax.set_xticks([])
     ax.set_yticks([])
     ax.set_xlabel(_axis_names(name)[0])
     ax.set_ylabel(_axis_names(name)[1])
-    ax.set_title(f"{title}{': ' if title else ''}{len(shown)} of {len(names)} images at their {name} positions")
+    ax.set_title(f"{title}{': ' if title else ''}{len(grid.shown)} of {len(names)} images at their {name} positions")
     handles = [Patch(fill=False, edgecolor=s["color"], lw=1.5, label=s["label"]) for n, s in styles.items()]
     figure.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 6))
     return save(figure, path)
@@ -369,7 +379,7 @@ def confusion_heatmaps(confusion: pd.DataFrame, path, title: str = ""):
     (open-set images, images rejected below the threshold).
     """
     figure_paths(path)
-    _require(confusion, ("classifier", "actual", "predicted", "count"), "confusion table")
+    require_columns(confusion, ("classifier", "actual", "predicted", "count"), "confusion table")
     if confusion.empty:
         raise InputError("confusion table: no rows")
     classifiers = list(dict.fromkeys(confusion["classifier"]))
@@ -404,6 +414,32 @@ def _metric_name(metric: str) -> str:
     return METRIC_NAMES.get(metric, metric.replace("_", " "))
 
 
+def _of_metric(aggregated: pd.DataFrame, view: str, metric: str) -> pd.DataFrame:
+    """The rows of one view and metric of the aggregated table."""
+    return aggregated[(aggregated["view"] == view) & (aggregated["metric"] == metric)]
+
+
+def _bar_groups(ax, rows: pd.DataFrame, losses: list[str], palette: dict) -> None:
+    """A group of bars per classifier of ``rows`` (one view and metric), a bar per loss: mean +- std."""
+    classifiers = list(dict.fromkeys(rows["classifier"]))
+    bar = 0.8 / len(losses)
+    for group, classifier in enumerate(classifiers):
+        # centred on the losses this classifier has (the softmax classifier exists for softmax losses only)
+        of_classifier = rows[rows["classifier"] == classifier].set_index("loss").reindex(losses).dropna(subset="mean")
+        offsets = (np.arange(len(of_classifier)) - (len(of_classifier) - 1) / 2) * bar
+        ax.bar(
+            group + offsets,
+            of_classifier["mean"],
+            bar,
+            yerr=of_classifier["std"].fillna(0),
+            color=[palette[loss] for loss in of_classifier.index],
+            capsize=1.5,
+            error_kw={"elinewidth": 0.7, "capthick": 0.7},
+        )
+    ax.axhline(0, color="black", lw=0.5)
+    ax.set_xticks(np.arange(len(classifiers)), classifiers, rotation=30, ha="right", rotation_mode="anchor")
+
+
 @styled
 def metric_bars(aggregated: pd.DataFrame, path, metrics: Sequence[tuple[str, str]] = BARS):
     """A panel per (view, metric): a bar per loss (colour) and classifier (group), mean with +- one standard
@@ -413,43 +449,17 @@ def metric_bars(aggregated: pd.DataFrame, path, metrics: Sequence[tuple[str, str
     ``std``); metrics it lacks are skipped.
     """
     figure_paths(path)
-    _require(aggregated, ("loss", "classifier", "view", "metric", "mean", "std"), "aggregated table")
-    panels = [
-        (view, metric)
-        for view, metric in metrics
-        if ((aggregated["view"] == view) & (aggregated["metric"] == metric)).any()
-    ]
+    require_columns(aggregated, ("loss", "classifier", "view", "metric", "mean", "std"), "aggregated table")
+    panels = [(view, metric) for view, metric in metrics if not _of_metric(aggregated, view, metric).empty]
     if not panels:
         raise InputError(f"aggregated table: none of the metrics {list(metrics)} is present")
     losses = list(dict.fromkeys(aggregated["loss"]))
     palette = colors(losses)
-    widths = []
-    for view, metric in panels:
-        rows = aggregated[(aggregated["view"] == view) & (aggregated["metric"] == metric)]
-        widths.append(max(1.6, 0.18 * len(rows) + 0.8))
+    widths = [max(1.6, 0.18 * len(_of_metric(aggregated, *panel)) + 0.8) for panel in panels]
     figure = new_figure(sum(widths), 2.6)
     axes = figure.subplots(1, len(panels), squeeze=False, width_ratios=widths)[0]
-    bar = 0.8 / len(losses)
     for ax, (view, metric) in zip(axes, panels):
-        rows = aggregated[(aggregated["view"] == view) & (aggregated["metric"] == metric)]
-        classifiers = list(dict.fromkeys(rows["classifier"]))
-        for group, classifier in enumerate(classifiers):
-            # centred on the losses this classifier has (the softmax classifier exists for softmax losses only)
-            of_classifier = (
-                rows[rows["classifier"] == classifier].set_index("loss").reindex(losses).dropna(subset="mean")
-            )
-            offsets = (np.arange(len(of_classifier)) - (len(of_classifier) - 1) / 2) * bar
-            ax.bar(
-                group + offsets,
-                of_classifier["mean"],
-                bar,
-                yerr=of_classifier["std"].fillna(0),
-                color=[palette[loss] for loss in of_classifier.index],
-                capsize=1.5,
-                error_kw={"elinewidth": 0.7, "capthick": 0.7},
-            )
-        ax.axhline(0, color="black", lw=0.5)
-        ax.set_xticks(np.arange(len(classifiers)), classifiers, rotation=30, ha="right", rotation_mode="anchor")
+        _bar_groups(ax, _of_metric(aggregated, view, metric), losses, palette)
         ax.set_ylabel(_metric_name(metric))
         ax.set_title(f"{_metric_name(metric)} ({view})")
     handles = [Patch(color=palette[loss], label=loss) for loss in losses]
@@ -465,7 +475,7 @@ def training_curves(history: pd.DataFrame, path):
     trial is a thin line, the mean over the trials that reached an epoch a thick one.
     """
     figure_paths(path)
-    _require(history, ("loss", "trial", "epoch", "train_loss", "val_loss"), "training history")
+    require_columns(history, ("loss", "trial", "epoch", "train_loss", "val_loss"), "training history")
     if history.empty:
         raise InputError("training history: no rows")
     metrics = [c for c in history.columns if c.startswith("val_") and c != "val_loss"]
@@ -498,7 +508,7 @@ def training_curves(history: pd.DataFrame, path):
 def mean_thresholds(aggregated: pd.DataFrame) -> dict[tuple[str, str], float]:
     """(loss, classifier) -> the confidence threshold of the open-set view, mean over trials (the aggregated table's
     ``threshold`` metric: the configured one, or the one chosen on validation per trial)."""
-    _require(aggregated, ("loss", "classifier", "view", "metric", "mean"), "aggregated table")
+    require_columns(aggregated, ("loss", "classifier", "view", "metric", "mean"), "aggregated table")
     rows = aggregated[(aggregated["view"] == "open_set") & (aggregated["metric"] == "threshold")]
     return {(loss, classifier): float(mean) for loss, classifier, mean in rows[["loss", "classifier", "mean"]].values}
 
@@ -519,7 +529,7 @@ def confidence_histograms(
     classifier) to the confidence threshold.
     """
     figure_paths(path)
-    _require(predictions, ("loss", "classifier", "subset", "confidence"), "predictions")
+    require_columns(predictions, ("loss", "classifier", "subset", "confidence"), "predictions")
     if predictions.empty:
         raise InputError("predictions: no rows")
     thresholds = thresholds or {}
@@ -575,6 +585,28 @@ def _roc_panel(ax, curves: list[tuple[str, np.ndarray, np.ndarray, float | None]
     legend.get_frame().set(edgecolor="none", alpha=0.8)
 
 
+def _roc_views(sample: pd.DataFrame, target_labels: Sequence[int]) -> list[tuple[str, str, str]]:
+    """The ROC rows ``sample`` can fill, as (view, x label, y label): target detection where it holds target
+    images, the open set where it holds unseen-class images."""
+    views = []
+    if len(target_labels) and sample["label"].isin(target_labels).any():
+        views.append(("target", "non-targets called a target", "targets detected (sensitivity)"))
+    if (sample["subset"] == "unknown").any():
+        views.append(("open_set", "unseen-class images accepted", "known images accepted"))
+    if not views:
+        raise InputError("roc_curves: no target images and no open-set images among the predictions")
+    return views
+
+
+def _roc_scores(rows: pd.DataFrame, view: str, target_labels: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Positive flags and scores of one view: targets scored by their confidence where called a target class (0
+    otherwise), or known test images against unseen-class ones scored by their confidence."""
+    if view == "target":
+        positive = rows["label"].isin(target_labels).to_numpy()
+        return positive, np.where(rows["predicted"].isin(target_labels), rows["confidence"], 0.0)
+    return (rows["subset"] == "test").to_numpy(), rows["confidence"].to_numpy()
+
+
 @styled
 def roc_curves(
     predictions: pd.DataFrame,
@@ -591,15 +623,9 @@ def roc_curves(
     threshold is swept. ``predictions`` as for :func:`confidence_histograms`, with ``label`` and ``predicted``.
     """
     figure_paths(path)
-    _require(predictions, ("loss", "classifier", "subset", "label", "predicted", "confidence"), "predictions")
+    require_columns(predictions, ("loss", "classifier", "subset", "label", "predicted", "confidence"), "predictions")
     sample = predictions[predictions["subset"].isin(SCORED_SUBSETS)]
-    views = []
-    if len(target_labels) and sample["label"].isin(target_labels).any():
-        views.append(("target", "non-targets called a target", "targets detected (sensitivity)"))
-    if (sample["subset"] == "unknown").any():
-        views.append(("open_set", "unseen-class images accepted", "known images accepted"))
-    if not views:
-        raise InputError("roc_curves: no target images and no open-set images among the predictions")
+    views = _roc_views(sample, target_labels)
     thresholds = thresholds or {}
     losses = list(dict.fromkeys(sample["loss"]))
     classifiers = list(dict.fromkeys(sample["classifier"]))
@@ -610,13 +636,7 @@ def roc_curves(
         for column, classifier in enumerate(classifiers):
             curves = []
             for loss in losses:
-                rows = _rows_of(sample, loss, classifier)
-                if view == "target":
-                    positive = rows["label"].isin(target_labels).to_numpy()
-                    score = np.where(rows["predicted"].isin(target_labels), rows["confidence"], 0.0)
-                else:
-                    positive = (rows["subset"] == "test").to_numpy()
-                    score = rows["confidence"].to_numpy()
+                positive, score = _roc_scores(_rows_of(sample, loss, classifier), view, target_labels)
                 curves.append((loss, positive, score, thresholds.get((loss, classifier))))
             ax = axes[row, column]
             _roc_panel(ax, curves, palette)
@@ -630,127 +650,9 @@ def roc_curves(
 # --------------------------------------------------------------------------------------------------- similarity maps
 
 
-def nearest_prototype_cases(
-    table: pd.DataFrame, per_outcome: int = 6, seed: int = 0
-) -> tuple[pd.DataFrame, dict[str, np.ndarray]]:
-    """Test images classified by their nearest class prototype, and up to ``per_outcome`` correct and wrong cases.
-
-    A prototype is the mean training embedding of a class (Snell et al. 2017; the centroid classifier of Luo et al.
-    2021). ``table`` is the embed stage's table of one trial; test images of classes without training images are
-    left out. Cases are drawn at random (``seed``), taking the
-    classes in turn so that every class shows; columns ``index``, ``class_name``, ``called`` (the nearest
-    prototype's class), ``distance`` (to it), ``own_distance`` (to the prototype of its own class) and ``correct``.
-    Returns the cases (correct ones first) and ``{class name: prototype}``.
-    """
-    _require(table, ("index", "subset", "class_name", "embedding"), "embeddings")
-    train, test = table[table["subset"] == "train"], table[table["subset"] == "test"]
-    if train.empty or test.empty:
-        raise InputError("embeddings: prototypes need 'train' rows and cases need 'test' rows")
-    if not test["class_name"].isin(train["class_name"]).any():
-        raise InputError("embeddings: no 'test' row is of a class with 'train' rows")
-    names = sorted(set(train["class_name"]))
-    test = test[test["class_name"].isin(names)]
-    prototypes = {name: np.stack(train.loc[train["class_name"] == name, "embedding"].to_numpy()).mean(axis=0)
-                  for name in names}  # fmt: skip
-    X = np.stack(test["embedding"].to_numpy())
-    distances = np.linalg.norm(X[:, None, :] - np.stack(list(prototypes.values()))[None], axis=2)
-    nearest = distances.argmin(axis=1)
-    own = np.searchsorted(names, test["class_name"].to_numpy())
-    rows = np.arange(len(X))
-    scored = pd.DataFrame(
-        {
-            "index": test["index"].to_numpy(),
-            "class_name": test["class_name"].to_numpy(),
-            "called": np.asarray(names)[nearest],
-            "distance": distances[rows, nearest],
-            "own_distance": distances[rows, own],
-            "correct": nearest == own,
-        }
-    )
-    rng = np.random.default_rng(seed)
-    picked = []
-    for correct in (True, False):
-        pools = [
-            list(rng.permutation(np.flatnonzero((scored["correct"] == correct) & (scored["class_name"] == name))))
-            for name in names
-        ]
-        chosen = []
-        while len(chosen) < per_outcome and any(pools):
-            chosen += [pool.pop() for pool in pools if pool][: per_outcome - len(chosen)]
-        picked += chosen
-    return scored.iloc[picked].reset_index(drop=True), prototypes
-
-
-def _cam_layer(network, in_channels: int, image_size: int, min_side: int) -> str:
-    """The deepest block whose output is at least ``min_side`` pixels wide, else the first spatial block; ``input``
-    where no block keeps a spatial map (a backbone that pools inside)."""
-    shapes = {}
-    with torch.no_grad():
-        x = torch.zeros(1, in_channels, image_size, image_size)
-        for name, block in network.blocks.items():
-            x = block(x)
-            shapes[name] = tuple(x.shape)
-    spatial = [name for name, shape in shapes.items() if len(shape) == 4]
-    if not spatial:
-        return "input"
-    wide = [name for name in spatial if min(shapes[name][2:]) >= min_side]
-    return wide[-1] if wide else spatial[0]
-
-
-def similarity_maps(
-    model, images: np.ndarray, prototypes: np.ndarray, layer: str | None = None, min_side: int = 6, batch_size: int = 64
-) -> tuple[np.ndarray, str]:
-    """Which regions of each image pulled its embedding towards a prototype: Grad-CAM (Selvaraju et al. 2017) of
-    the similarity s = -||f(x) - p||, in the spirit of the class-activation maps of a Siamese twin's distance in
-    the blood-cell study.
-
-    With A the output of block ``layer`` (channels k, positions ij), the weights a_k = mean_ij ds/dA_kij and the map
-    relu(sum_k a_k A_k), bilinearly resized to the image and divided by its maximum: 1 marks the regions whose
-    features most brought the image closer to ``p``. ``layer`` defaults to the deepest block still at least
-    ``min_side`` pixels wide. Where no block keeps a spatial map, the map is the input gradient's largest absolute
-    value over channels (a saliency map).
-
-    ``model`` is a model file, bundle or the triple of :func:`~cytodml.learn.embed.load_model`; ``images`` N x C x
-    S x S in the training dtype; ``prototypes`` N x D, the point each image is compared to. Returns the N x S x S
-    maps and the layer's name.
-    """
-    network, _, bundle = model if isinstance(model, tuple) else load_model(model)
-    check_images(images, bundle)
-    prototypes = np.asarray(prototypes, dtype=np.float32)
-    if prototypes.shape != (len(images), bundle["embedding_dim"]):
-        raise InputError(
-            f"similarity_maps: prototypes of shape {prototypes.shape}, expected {(len(images), bundle['embedding_dim'])}"
-        )
-    size = bundle["image_size"]
-    if layer is None:
-        layer = _cam_layer(network, bundle["in_channels"], size, min_side)
-    elif layer != "input" and layer not in network.blocks:
-        raise InputError(f"similarity_maps: layer {layer!r} is not one of {['input', *network.blocks]}")
-    network = network.cpu().float().eval()
-    loader = BatchLoader(images, bundle["normalization"], torch.device("cpu"))
-    maps = []
-    with torch.enable_grad():
-        for start in range(0, len(images), batch_size):
-            x = loader(np.arange(start, min(start + batch_size, len(images)))).contiguous().requires_grad_(True)
-            activation, h = x, x
-            for name, block in network.blocks.items():
-                h = block(h)
-                if name == layer:
-                    activation = h
-            target = torch.from_numpy(prototypes[start : start + len(x)])
-            similarity = -(network.embedding(h) - target).norm(dim=1)
-            (gradient,) = torch.autograd.grad(similarity.sum(), activation)
-            if layer == "input":
-                cam = gradient.abs().amax(dim=1)
-            else:
-                cam = F.relu((gradient.mean(dim=(2, 3), keepdim=True) * activation).sum(dim=1))
-            cam = F.interpolate(cam[:, None].detach(), size=(size, size), mode="bilinear", align_corners=False)[:, 0]
-            peak = cam.flatten(1).amax(dim=1).clamp_min(1e-12)
-            maps.append((cam / peak[:, None, None]).numpy())
-    return np.concatenate(maps), layer
-
-
 def _overlay(ax, image: np.ndarray, cam: np.ndarray | None) -> None:
+    """A patch in grey or colour and, where given, its map over it (opaque where the map is high), unframed; the map
+    is repeated across channels shown side by side."""
     display = display_image(image)
     ax.imshow(display, cmap="gray", vmin=0, vmax=1)
     if cam is not None:
@@ -759,6 +661,41 @@ def _overlay(ax, image: np.ndarray, cam: np.ndarray | None) -> None:
     ax.set_xticks([])
     ax.set_yticks([])
     ax.spines[:].set_visible(False)
+
+
+def _similarity_sections(cases: pd.DataFrame, called_maps: np.ndarray, own_maps: np.ndarray) -> list[tuple]:
+    """The grid's rows as (label, case rows, maps or None for the bare images, distance column its panels show):
+    correct cases and their map towards their class; wrong ones, their map towards the called class and towards
+    their own."""
+    correct = np.flatnonzero(cases["correct"].to_numpy())
+    wrong = np.flatnonzero(~cases["correct"].to_numpy())
+    sections = []
+    if len(correct):
+        sections += [("correct", correct, None, None), ("to its class", correct, called_maps, "distance")]
+    if len(wrong):
+        sections += [
+            ("wrong", wrong, None, None),
+            ("to the called class", wrong, called_maps, "distance"),
+            ("to its class", wrong, own_maps, "own_distance"),
+        ]
+    return sections
+
+
+def _similarity_row(ax_row, images: np.ndarray, cases: pd.DataFrame, section: tuple) -> None:
+    """One row of the grid: a case per column, titled by its class (bare images) or its distance (maps)."""
+    label, rows, maps, distance = section
+    for column, ax in enumerate(ax_row):
+        if column >= len(rows):
+            ax.set_axis_off()
+            continue
+        case = cases.iloc[rows[column]]
+        _overlay(ax, np.asarray(images[rows[column]]), None if maps is None else maps[rows[column]])
+        if distance is None:
+            ax.set_title(case["class_name"] if case["correct"] else f"{case['class_name']}\ncalled {case['called']}")
+        else:
+            ax.set_title(f"d = {case[distance]:.2f}", fontsize=7)
+    ax_row[0].set_ylabel(label)
+    ax_row[0].set_axis_on()
 
 
 @styled
@@ -771,106 +708,27 @@ def similarity_grid(
     layer: str = "",
     title: str = "",
 ):
-    """Correctly and wrongly classified images beside their similarity maps (:func:`similarity_maps`), a case per
-    column: correct cases with the map towards their class prototype; wrong ones with the map towards the prototype
-    they were called, and towards their own class's.
+    """Correctly and wrongly classified images beside their similarity maps, a case per column: correct cases with
+    the map towards their class prototype; wrong ones with the map towards the prototype they were called, and
+    towards their own class's.
 
-    ``cases`` as :func:`nearest_prototype_cases` returns them, ``images`` (N x C x S x S) and the maps (N x S x S)
-    in its row order.
+    ``cases`` as :func:`cytodml.evaluate.explain.nearest_prototype_cases` returns them, ``images`` (N x C x S x S)
+    and the maps (N x S x S, :func:`cytodml.evaluate.explain.similarity_maps`) in its row order; ``layer`` is the
+    block the maps were taken at.
     """
     figure_paths(path)
-    _require(cases, ("class_name", "called", "distance", "own_distance", "correct"), "cases")
+    require_columns(cases, ("class_name", "called", "distance", "own_distance", "correct"), "cases")
     if not (len(images) == len(cases) == len(called_maps) == len(own_maps)) or cases.empty:
         raise InputError(
             f"similarity_grid: {len(images)} images, {len(cases)} cases and {len(called_maps)} / {len(own_maps)} maps; "
             "expected the same non-zero number"
         )
-    correct = np.flatnonzero(cases["correct"].to_numpy())
-    wrong = np.flatnonzero(~cases["correct"].to_numpy())
-    sections = []
-    if len(correct):
-        sections += [("correct", correct, None), ("to its class", correct, called_maps)]
-    if len(wrong):
-        sections += [
-            ("wrong", wrong, None),
-            ("to the called class", wrong, called_maps),
-            ("to its class", wrong, own_maps),
-        ]
-    columns = max(len(correct), len(wrong))
+    sections = _similarity_sections(cases, called_maps, own_maps)
+    columns = max(len(rows) for _, rows, _, _ in sections)
     aspect = display_image(np.asarray(images[0])).shape[1] / images.shape[-1]
     figure = new_figure(1.3 * aspect * columns + 0.6, 1.35 * len(sections) + (0.3 if title else 0))
-    axes = figure.subplots(len(sections), columns, squeeze=False)
-    for ax_row, (label, rows, maps) in zip(axes, sections):
-        for column, ax in enumerate(ax_row):
-            if column >= len(rows):
-                ax.set_axis_off()
-                continue
-            case = cases.iloc[rows[column]]
-            _overlay(ax, np.asarray(images[rows[column]]), None if maps is None else maps[rows[column]])
-            if maps is None:
-                ax.set_title(
-                    case["class_name"] if case["correct"] else f"{case['class_name']}\ncalled {case['called']}"
-                )
-            elif maps is own_maps:
-                ax.set_title(f"d = {case['own_distance']:.2f}", fontsize=7)
-            else:
-                ax.set_title(f"d = {case['distance']:.2f}", fontsize=7)
-        ax_row[0].set_ylabel(label)
-        ax_row[0].set_axis_on()
+    for ax_row, section in zip(figure.subplots(len(sections), columns, squeeze=False), sections):
+        _similarity_row(ax_row, images, cases, section)
     if title or layer:
         figure.suptitle(title + (f" (Grad-CAM at {layer})" if layer else ""))
     return save(figure, path)
-
-
-# ---------------------------------------------------------------------------------------------------------- montages
-
-
-def class_montage(images: np.ndarray, class_names: list[str], path, per_class: int = 8, seed: int = 0) -> None:
-    """A grid of patches, one row per class (sorted), up to ``per_class`` drawn at random (``seed``) per row.
-
-    ``images`` is ``N x C x S x S`` (a memory map is fine: only the drawn patches are read). Each patch is contrast
-    stretched per channel to its 1st..99th percentile; three channels show as RGB, any other count as grey panels
-    side by side.
-    """
-    (path,) = figure_paths(path)
-    names = np.asarray(class_names, dtype=object)
-    if len(names) != len(images):
-        raise InputError(f"class_montage: {len(names)} class names for {len(images)} images")
-    rng = np.random.default_rng(seed)
-    classes = sorted(set(class_names))
-    labels = [f"{class_name} ({np.count_nonzero(names == class_name)})" for class_name in classes]
-    margin = 0.2 + 0.075 * max(map(len, labels))  # inches for the row labels, at 9 points
-    cell = 1.2 * (1 if images.shape[1] == 3 else images.shape[1])
-    figure = Figure(figsize=(margin + cell * per_class, 1.2 * len(classes)))
-    FigureCanvasAgg(figure)
-    axes = figure.subplots(len(classes), per_class, squeeze=False)
-    for row, (class_name, label) in enumerate(zip(classes, labels)):
-        members = np.flatnonzero(names == class_name)
-        drawn = np.sort(rng.choice(members, size=min(per_class, len(members)), replace=False))
-        for column, ax in enumerate(axes[row]):
-            ax.set_axis_off()
-            if column < len(drawn):
-                ax.imshow(display_image(np.asarray(images[drawn[column]])), cmap="gray", vmin=0, vmax=1)
-        axes[row, 0].text(-0.1, 0.5, label, transform=axes[row, 0].transAxes, ha="right", va="center", fontsize=9)
-    figure.subplots_adjust(
-        left=margin / figure.get_figwidth(), right=0.99, top=0.99, bottom=0.01, wspace=0.05, hspace=0.05
-    )
-    with atomic_path(path) as tmp:
-        figure.savefig(tmp, format=FIGURE_FORMATS[path.suffix.lower()], dpi=100)
-
-
-def display_image(patch: np.ndarray) -> np.ndarray:
-    """A ``C x S x S`` patch as an image in [0, 1]: RGB for three channels, else the channels side by side.
-
-    An 8-bit three-channel patch is a colour photograph (a stained smear) and is shown as recorded, since stretching
-    each channel on its own shifts the hues a cytologist reads; other patches (fluorescence, brightfield, uint16
-    channels of an imaging cytometer) are stretched per channel between their 1st and 99th percentiles.
-    """
-    if patch.dtype == np.uint8 and len(patch) == 3:
-        return patch.transpose(1, 2, 0).astype(np.float32) / 255
-    pixels = patch.astype(np.float32)
-    low, high = np.percentile(pixels, [1, 99], axis=(1, 2), keepdims=True)
-    stretched = np.clip((pixels - low) / np.maximum(high - low, 1e-6), 0, 1)
-    if len(stretched) == 3:
-        return stretched.transpose(1, 2, 0)
-    return np.concatenate(list(stretched), axis=1)

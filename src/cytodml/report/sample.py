@@ -13,10 +13,10 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from cytodml.data.qc import display_image
 from cytodml.evaluate.detection import BOUND_CONFIDENCE
 from cytodml.evaluate.metrics import UNKNOWN_NAME
 from cytodml.io import atomic_path, write_csv, write_parquet, write_text
-from cytodml.report.figures import display_image
 
 __all__ = ["summary_markdown", "target_montage", "write_prediction"]
 
@@ -73,7 +73,7 @@ def summary_markdown(summary: dict, montage: str | None = None) -> str:
         f"# Sample {summary['sample']}",
         "",
         f"{alarm}: {summary['target_count']} target(s) called ({found}) among {summary['objects']} objects; the rule "
-        f"raises the alarm at {summary['min_targets']} or more objects called a target class "
+        f"raises the alarm at {summary['alarm_at']} or more objects called a target class "
         f"({', '.join(summary['targets'])}) with confidence >= {summary['threshold']:g}.{_calibration(summary)}",
         "",
         "| class | objects |",

@@ -7,16 +7,14 @@ no display is needed and the pyplot state machine is never touched.
 
 import functools
 from collections.abc import Sequence
-from pathlib import Path
 
 import matplotlib as mpl
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from cytodml.errors import InputError
+from cytodml.data.qc import FIGURE_FORMATS, figure_paths
 from cytodml.io import atomic_path
 
-FIGURE_FORMATS = {".png": "png", ".pdf": "pdf"}
 DPI = 150
 # Okabe & Ito, "Color universal design" (2008): black first in the original; it goes last here so that a lone series
 # is blue and "unknown" can take grey.
@@ -59,15 +57,6 @@ def new_figure(width: float, height: float) -> Figure:
     figure = Figure(figsize=(width, height), layout="constrained")
     FigureCanvasAgg(figure)
     return figure
-
-
-def figure_paths(path) -> list[Path]:
-    """``path`` (one path, or several: one per format) as a list, each checked for a known suffix."""
-    paths = [Path(p) for p in ([path] if isinstance(path, (str, Path)) else path)]
-    for p in paths:
-        if p.suffix.lower() not in FIGURE_FORMATS:
-            raise InputError(f"{p}: figure format must be one of {sorted(FIGURE_FORMATS)}")
-    return paths
 
 
 def save(figure: Figure, path) -> Figure:

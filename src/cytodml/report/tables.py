@@ -30,6 +30,8 @@ PERCENT = {
     "specificity",
     "false_alarm_rate",
     "precision",
+    "recall",
+    "f1",
     "f_score",
     "known_lost_rate",
     "known_accepted_accuracy",
@@ -46,7 +48,8 @@ LAYOUTS = {
     "rare": ("rare", ["sensitivity", "specificity", "precision", "f_score", "balanced_accuracy", "mcc", "auroc"]),
     "latent": ("latent", ["silhouette", "davies_bouldin", "precision_at_1", "map_at_r"]),
 }
-TRIAL_TABLES = ("metrics", "confusion", "spiked", "open_set", "episodes")
+TRIAL_TABLES = ("metrics", "confusion", "per_class", "spiked", "open_set", "episodes")
+PER_CLASS_METRICS = ("precision", "recall", "f1")
 
 
 def collect_trials(trial_dirs: dict[tuple[str, int], object]) -> dict[str, pd.DataFrame]:
@@ -325,6 +328,37 @@ def _fraction(part: float, whole: float) -> str:
     return f"{part:.0f} / {whole:.0f}" + (f" ({100 * part / whole:.1f}%)" if whole else "")
 
 
+def per_class_summary(per_class: pd.DataFrame) -> pd.DataFrame:
+    """Per loss x classifier x class: :data:`PER_CLASS_METRICS` as ``{metric}_mean`` / ``_std`` over trials (NaN
+    trials, a class never predicted, left out of its mean), ``support`` (test images per trial, mean) and
+    ``trials``."""
+    grouped = per_class.groupby(["loss", "classifier", "class"], sort=False)
+    summary = grouped[list(PER_CLASS_METRICS)].agg(["mean", "std"])
+    summary.columns = [f"{metric}_{stat}" for metric, stat in summary.columns]
+    summary["support"] = grouped["support"].mean()
+    summary["trials"] = grouped["trial"].nunique()
+    return summary.reset_index()
+
+
+def _write_per_class(per_class: pd.DataFrame, out_dir: Path) -> None:
+    summary = per_class_summary(per_class)
+    write_csv(summary, out_dir / "per_class.csv")
+    shown = summary[["loss", "classifier", "class"]].assign(
+        **{
+            metric: [format_cell(m, s, metric) for m, s in zip(summary[f"{metric}_mean"], summary[f"{metric}_std"])]
+            for metric in PER_CLASS_METRICS
+        },
+        support=summary["support"].round(1),
+    )
+    _write_formatted(
+        shown,
+        "Per class, on the test images at the arg-max (no threshold): mean +- standard deviation over trials; "
+        "support: test images of the class per trial.",
+        out_dir / "per_class",
+        latex=False,
+    )
+
+
 def write_tables(
     aggregated: pd.DataFrame,
     confusion: pd.DataFrame,
@@ -332,6 +366,7 @@ def write_tables(
     open_set: pd.DataFrame | None,
     out_dir,
     episodes: pd.DataFrame | None = None,
+    per_class: pd.DataFrame | None = None,
     baseline: str = "softmax",
 ) -> None:
     """Write the study's tables into ``out_dir`` (CSV with snake-case numeric columns, Markdown, LaTeX).
@@ -345,9 +380,11 @@ def write_tables(
     - ``spiked`` (.csv/.md/.tex): the spiked-sample simulation per loss x classifier (skipped without targets);
       ``open_set`` and ``spiked`` are skipped where their table is None or empty;
     - ``confusion.csv``: confusion counts summed over trials;
+    - ``per_class`` (.csv/.md): precision, recall and F1 of each known class (arg-max, test images) per loss x
+      classifier, mean +- std over trials, and the class's test images per trial;
     - ``episodes`` (.csv/.md): per-class episodic accuracy, mean +- std over trials (episodic protocol only).
 
-    ``confusion``, ``spiked``, ``open_set`` and ``episodes`` are the per-trial tables stacked with ``loss`` and
+    ``confusion``, ``spiked``, ``open_set``, ``episodes`` and ``per_class`` are the per-trial tables stacked with ``loss`` and
     ``trial`` columns, as :func:`collect_trials` returns them.
     """
     out_dir = Path(out_dir)
@@ -381,6 +418,9 @@ def write_tables(
 
     keys = [c for c in confusion.columns if c not in ("trial", "count")]
     write_csv(confusion.groupby(keys, sort=False)["count"].sum().reset_index(), out_dir / "confusion.csv")
+
+    if per_class is not None and not per_class.empty:
+        _write_per_class(per_class, out_dir)
 
     if episodes is not None and not episodes.empty:
         per_class = (
