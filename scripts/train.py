@@ -27,8 +27,13 @@ with logged(snakemake.log[0]) as log:
         pd.read_parquet(snakemake.input.augmented_table),
         channels,
     )
-    log.info("training %s on %d images of %d classes, validating on %d", snakemake.wildcards.loss,
-             len(train_images), len(class_names), len(val_images))
+    log.info(
+        "training %s on %d images of %d classes, validating on %d",
+        snakemake.wildcards.loss,
+        len(train_images),
+        len(class_names),
+        len(val_images),
+    )
     torch.set_num_threads(snakemake.threads)
     bundle, history = train(
         train_images,

@@ -54,7 +54,9 @@ def closure(roots: list[str], stop: set[str]) -> dict[str, str]:
         try:
             distribution = metadata.distribution(key)
         except metadata.PackageNotFoundError:
-            raise SystemExit(f"{name} is needed on the GPU machine but not installed here: install it, then rerun")
+            raise SystemExit(
+                f"{name} is needed on the GPU machine but not installed here: install it, then rerun"
+            ) from None
         found[key] = distribution.version
         for line in distribution.requires or []:
             requirement = Requirement(line)

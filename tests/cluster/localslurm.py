@@ -38,6 +38,7 @@ MUNGE_SOCKET = Path("/run/munge/munge.socket.2")
 BASE_PREFIX = "cytodml-slurm-"
 PR_SET_PDEATHSIG = 1
 FAKE_GPU_DEVICES = ["/dev/null", "/dev/zero", "/dev/full", "/dev/urandom"]
+FAKE_GPUS = len(FAKE_GPU_DEVICES)
 
 
 class Unavailable(RuntimeError):
@@ -108,9 +109,7 @@ class LocalSlurm:
     Use as a context manager, or call `start` and, always, `stop`.
     """
 
-    def __init__(
-        self, *, cpus=16, memory_mb=64000, gpus=len(FAKE_GPU_DEVICES), partition="debug", account="dml", kill_wait=5
-    ):
+    def __init__(self, *, cpus=16, memory_mb=64000, gpus=FAKE_GPUS, partition="debug", account="dml", kill_wait=5):
         self.cpus, self.memory_mb, self.gpus = cpus, memory_mb, gpus
         self.partition, self.account, self.kill_wait = partition, account, kill_wait
         self.base = None
@@ -221,7 +220,7 @@ class LocalSlurm:
         return next((process for daemon, process in self._daemons if daemon == name), None)
 
     def _start(self, command, name, **kwargs):
-        log = open(self.base / "log" / f"{name}.out", "w")
+        log = open(self.base / "log" / f"{name}.out", "w")  # noqa: SIM115 - the daemon writes it until stop()
         process = subprocess.Popen(
             command,
             stdout=log,
@@ -247,8 +246,8 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
-SlurmctldPort={ports['slurmctld']}
-SlurmdPort={ports['slurmd']}
+SlurmctldPort={ports["slurmctld"]}
+SlurmdPort={ports["slurmd"]}
 StateSaveLocation={base}/state
 SlurmdSpoolDir={base}/spool
 SlurmctldPidFile={base}/state/slurmctld.pid
@@ -268,27 +267,27 @@ KillWait={self.kill_wait}
 JobAcctGatherType=jobacct_gather/linux
 AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
-AccountingStoragePort={ports['slurmdbd']}
+AccountingStoragePort={ports["slurmdbd"]}
 AccountingStoreFlags=job_comment
 AccountingStorageTRES=gres/gpu
 JobCompType=jobcomp/none
 MinJobAge=600
 GresTypes=gpu
 NodeName=localhost NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={self.memory_mb} \
-{f'Gres=gpu:{self.gpus}' if self.gpus else ''} State=UNKNOWN
+{f"Gres=gpu:{self.gpus}" if self.gpus else ""} State=UNKNOWN
 PartitionName={self.partition} Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 """)
         (base / "etc/slurmdbd.conf").write_text(f"""\
 AuthType=auth/munge
 DbdHost=localhost
 DbdAddr=127.0.0.1
-DbdPort={ports['slurmdbd']}
+DbdPort={ports["slurmdbd"]}
 SlurmUser=root
 LogFile={base}/log/slurmdbd.log
 PidFile={base}/state/slurmdbd.pid
 StorageType=accounting_storage/mysql
 StorageHost=127.0.0.1
-StoragePort={ports['mariadb']}
+StoragePort={ports["mariadb"]}
 StorageUser=slurm
 StoragePass=slurm
 StorageLoc=slurm_acct_db

@@ -37,9 +37,7 @@ def plan(workdir, *args, config=TINY, figures=False) -> list[tuple[str, str]]:
     """Sorted (rule, wildcards) of every stage job a dry run plans, ``all`` left out; the figure jobs (which follow
     whatever they draw from) only with ``figures``."""
     jobs = planned_jobs(snakemake(workdir, "-n", *args, config=config).stdout)
-    return sorted(
-        (job.rule, job.wildcards) for job in jobs if job.rule != "all" and is_figure(job.rule) == figures
-    )
+    return sorted((job.rule, job.wildcards) for job in jobs if job.rule != "all" and is_figure(job.rule) == figures)
 
 
 @pytest.fixture(scope="module")

@@ -187,7 +187,7 @@ def test_select_on_validation_picks_the_svm_c_of_best_validation_balanced_accura
     assert chosen["gamma"] == 10.0
     assert scores[chosen["C"]] == max(scores.values())
     assert len(set(scores.values())) > 1  # the choice is not a tie that any C would pass
-    assert classifier.C == chosen["C"]
+    assert chosen["C"] == classifier.C
 
 
 def test_select_on_validation_without_validation_data_uses_the_defaults():
@@ -317,7 +317,10 @@ def test_calibration_on_validation_keeps_held_out_known_images(name):
     centres = np.array([X[y == label].mean(axis=0) for label in np.unique(y)])
     X_val, y_val = blobs(30.0, per_class=100, seed=1)
     X_test, y_test = blobs(30.0, per_class=100, seed=2)
-    widen = lambda points, labels: centres[labels] + 3.0 * (points - centres[labels])
+
+    def widen(points, labels):
+        return centres[labels] + 3.0 * (points - centres[labels])
+
     classifier = build_classifier(name, {"outlier_alpha": 0.001}, seed=0).fit(X, y)
     lost_before = np.mean(classifier.confidence(widen(X_test, y_test)) < 0.98)
     classifier.calibrate(widen(X_val, y_val), y_val)

@@ -291,7 +291,9 @@ def test_triplet_all_matches_pml_triplet_margin_loss_averaged_over_all_triplets(
 
 def test_triplet_without_mined_triplets_is_a_zero_that_backpropagates():
     embeddings = on_circle([0, 180, 10, 200]).requires_grad_()
-    loss = loss_of("triplet", margin=1.5)(embeddings, labels_of(0, 1, 0, 1))  # every negative farther by more than the margin
+    loss = loss_of("triplet", margin=1.5)(
+        embeddings, labels_of(0, 1, 0, 1)
+    )  # every negative farther by more than the margin
     assert loss.item() == 0
     loss.backward()
     assert torch.equal(embeddings.grad, torch.zeros_like(embeddings))

@@ -475,7 +475,8 @@ def test_predict_config_cross_references_are_checked(predict, named):
 
 
 def test_command_line_validates_the_config_with_the_workflow_schema(study, tmp_path, capsys):
-    config = yaml.safe_load(open(study["config"]).read())
+    with open(study["config"]) as handle:
+        config = yaml.safe_load(handle)
     config["experiments"]["tiny"]["threshold"] = 1.5
     broken = tmp_path / "broken.yaml"
     broken.write_text(yaml.safe_dump(config))

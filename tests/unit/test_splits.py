@@ -16,16 +16,18 @@ def make_patches(counts: dict[str, int]) -> pd.DataFrame:
     """A patches table: ``counts[name]`` images per class, every image unique, no groups, no official split."""
     names = [name for name in sorted(counts) for _ in range(counts[name])]
     label = {name: k for k, name in enumerate(sorted(counts))}
-    return pd.DataFrame({
-        "index": np.arange(len(names)),
-        "object_id": [f"o{i}" for i in range(len(names))],
-        "class_name": names,
-        "label": [label[name] for name in names],
-        "group": None,
-        "official_subset": "",
-        "content_hash": [f"{i:040x}" for i in range(len(names))],
-        "qc_empty": False,
-    })
+    return pd.DataFrame(
+        {
+            "index": np.arange(len(names)),
+            "object_id": [f"o{i}" for i in range(len(names))],
+            "class_name": names,
+            "label": [label[name] for name in names],
+            "group": None,
+            "official_subset": "",
+            "content_hash": [f"{i:040x}" for i in range(len(names))],
+            "qc_empty": False,
+        }
+    )
 
 
 def with_duplicates_and_groups(patches: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
@@ -158,8 +160,12 @@ def test_determinism_and_trial_dependence():
 
 def test_trial_seed_is_stable_and_distinct():
     assert trial_seed(2026, "synthetic-ifc", 0) == trial_seed(2026, "synthetic-ifc", 0)
-    seeds = {trial_seed(2026, "synthetic-ifc"), *(trial_seed(2026, "synthetic-ifc", t) for t in range(5)),
-             trial_seed(2026, "bloodmnist", 0), trial_seed(2027, "synthetic-ifc", 0)}
+    seeds = {
+        trial_seed(2026, "synthetic-ifc"),
+        *(trial_seed(2026, "synthetic-ifc", t) for t in range(5)),
+        trial_seed(2026, "bloodmnist", 0),
+        trial_seed(2027, "synthetic-ifc", 0),
+    }
     assert len(seeds) == 8
     assert all(0 <= seed < 2**63 for seed in seeds)
     # SeedSequence and crc32 are fixed algorithms: every process, Python and machine gives these numbers
@@ -237,12 +243,14 @@ def test_pbc_duplicate_stays_on_one_side(shared_data):
     files = sorted((shared_data / "pbc-subset").glob("*/*.jpg"))
     names = [path.parent.name for path in files]
     classes = sorted(set(names))
-    patches = pd.DataFrame({
-        "index": np.arange(len(files)),
-        "class_name": names,
-        "label": [classes.index(name) for name in names],
-        "content_hash": [hashlib.sha1(path.read_bytes()).hexdigest() for path in files],
-    })
+    patches = pd.DataFrame(
+        {
+            "index": np.arange(len(files)),
+            "class_name": names,
+            "label": [classes.index(name) for name in names],
+            "content_hash": [hashlib.sha1(path.read_bytes()).hexdigest() for path in files],
+        }
+    )
     duplicated = patches["content_hash"].duplicated(keep=False)
     assert duplicated.sum() >= 2
     table, _ = split(patches, protocol="episodic", dataset="pbc-subset")

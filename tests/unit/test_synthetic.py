@@ -186,8 +186,6 @@ def test_noise_raises_the_background_spread(tmp_path):
 def test_blur_softens_the_edges(tmp_path):
     def steepest_edge(blur):
         manifest = render_dump(tmp_path / str(blur), spec({"bead": 6}, noise=0.0, blur=blur), seed=12)
-        return np.median(
-            [np.abs(np.gradient(tifffile.imread(p).astype(float))).max() for p in manifest["path"]]
-        )
+        return np.median([np.abs(np.gradient(tifffile.imread(p).astype(float))).max() for p in manifest["path"]])
 
     assert steepest_edge(1.0) < 0.7 * steepest_edge(0.0)

@@ -161,25 +161,29 @@ def _inverse_maps(ops: pd.DataFrame, size: int) -> torch.Tensor:
 def _random_ops(n: int, size: int, spec: dict, rng: np.random.Generator) -> pd.DataFrame:
     max_shift = spec["shift"] * size
     flips = spec["flips"]
-    return pd.DataFrame({
-        "shift_y": rng.uniform(-max_shift, max_shift, n),
-        "shift_x": rng.uniform(-max_shift, max_shift, n),
-        "hflip": rng.random(n) < 0.5 if flips else np.zeros(n, dtype=bool),
-        "vflip": rng.random(n) < 0.5 if flips else np.zeros(n, dtype=bool),
-        "angle": rng.uniform(-spec["rotation"], spec["rotation"], n),
-        "zoom": rng.uniform(*spec["zoom"], n),
-    })
+    return pd.DataFrame(
+        {
+            "shift_y": rng.uniform(-max_shift, max_shift, n),
+            "shift_x": rng.uniform(-max_shift, max_shift, n),
+            "hflip": rng.random(n) < 0.5 if flips else np.zeros(n, dtype=bool),
+            "vflip": rng.random(n) < 0.5 if flips else np.zeros(n, dtype=bool),
+            "angle": rng.uniform(-spec["rotation"], spec["rotation"], n),
+            "zoom": rng.uniform(*spec["zoom"], n),
+        }
+    )
 
 
 def _identity_ops(n: int) -> pd.DataFrame:
-    return pd.DataFrame({
-        "shift_y": np.zeros(n),
-        "shift_x": np.zeros(n),
-        "hflip": np.zeros(n, dtype=bool),
-        "vflip": np.zeros(n, dtype=bool),
-        "angle": np.zeros(n),
-        "zoom": np.ones(n),
-    })
+    return pd.DataFrame(
+        {
+            "shift_y": np.zeros(n),
+            "shift_x": np.zeros(n),
+            "hflip": np.zeros(n, dtype=bool),
+            "vflip": np.zeros(n, dtype=bool),
+            "angle": np.zeros(n),
+            "zoom": np.ones(n),
+        }
+    )
 
 
 def _check_spec(spec: dict) -> dict:

@@ -407,7 +407,6 @@ def _mapper(workers: int, tasks: int):
         yield pool.imap
 
 
-
 class _Ledger:
     """The main process's account: the raw row, grid cell, hash and flags of every kept patch, and the drops per row.
 

@@ -35,10 +35,7 @@ def dump_signature(source: dict) -> str:
     """``"files: <n>, sha1: <hash>"`` of the files below ``source["path"]`` (and the files a manifest lists): it
     changes when a file is added, removed, or given another size or modification time."""
     path = Path(source["path"])
-    if path.is_dir():
-        entries = _walk(path, "", set())
-    else:
-        entries = [(path.name, _stamp(path))]
+    entries = _walk(path, "", set()) if path.is_dir() else [(path.name, _stamp(path))]
     if source.get("kind") == "manifest":
         entries = [*entries, *_listed(source)]
     digest = hashlib.sha1(usedforsecurity=False)

@@ -189,7 +189,7 @@ def _ingest_manifest(source: dict, channels: list[str]) -> pd.DataFrame:
     table = table.assign(
         file=[root / name for name in table["path"].astype(str)],
         label=table["label"].fillna("").astype(str),
-        group=table["group"] if "group" in table else None,
+        group=table.get("group", None),
     )
     for row, file in enumerate(table["file"]):
         if not file.is_file():

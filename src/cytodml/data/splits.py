@@ -264,8 +264,10 @@ def _official_split(patches: pd.DataFrame, open_set: list[str]) -> tuple[pd.Data
     report = []
     straddling = pd.DataFrame({"hash": patches["content_hash"], "subset": subset}).groupby("hash")["subset"].nunique()
     if (straddling > 1).any():
-        report.append(f"official split kept as shipped: {int((straddling > 1).sum())} content hash(es) appear in more "
-                      "than one subset (duplicates across the official split)")
+        report.append(
+            f"official split kept as shipped: {int((straddling > 1).sum())} content hash(es) appear in more "
+            "than one subset (duplicates across the official split)"
+        )
     return _table(patches, subset), report
 
 
@@ -281,8 +283,10 @@ def _draw_shots(
     if short:
         described = "; ".join(f"{name!r} has {n} training image(s)" for name, n in short.items())
         if not drop_small:
-            raise InputError(f"classes too small for shots={shots}: {described}; lower shots, raise fractions.train, "
-                             "or set drop_small_classes: true to drop them")
+            raise InputError(
+                f"classes too small for shots={shots}: {described}; lower shots, raise fractions.train, "
+                "or set drop_small_classes: true to drop them"
+            )
         report.append(f"dropped classes too small for shots={shots}: {described}")
         table = table[~table["class_name"].isin(short)].reset_index(drop=True)
         training = table["subset"] == "train"
@@ -295,12 +299,14 @@ def _draw_shots(
 
 
 def _table(patches: pd.DataFrame, subset: np.ndarray) -> pd.DataFrame:
-    table = pd.DataFrame({
-        "index": patches["index"].to_numpy(dtype=np.int64),
-        "class_name": patches["class_name"].to_numpy(),
-        "label": patches["label"].to_numpy(dtype=np.int64),
-        "subset": subset.astype(str),
-    })
+    table = pd.DataFrame(
+        {
+            "index": patches["index"].to_numpy(dtype=np.int64),
+            "class_name": patches["class_name"].to_numpy(),
+            "label": patches["label"].to_numpy(dtype=np.int64),
+            "subset": subset.astype(str),
+        }
+    )
     return table.sort_values("index", kind="stable").reset_index(drop=True)
 
 
@@ -312,4 +318,3 @@ def _summary(table: pd.DataFrame) -> list[str]:
         lines.append(f"{name:<24}" + "".join(f"{row[column]:>9}" for column in columns))
     lines.append(f"{'total':<24}" + "".join(f"{counts[column].sum():>9}" for column in columns))
     return lines
-

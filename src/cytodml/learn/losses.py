@@ -437,6 +437,7 @@ LOSS_TYPES: dict[str, type[MetricLoss]] = {
     "pml": PMLLoss,
 }
 
+
 def build_loss(spec: dict, num_classes: int, embedding_dim: int, *, name: str | None = None) -> MetricLoss:
     """The loss a config entry describes, e.g. ``{type: constellation, k: 3}``; parameters it leaves out take the
     config schema's defaults (the loss classes keep none of their own).

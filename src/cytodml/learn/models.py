@@ -76,10 +76,7 @@ class BasicBlock(nn.Module):
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.projection is not None:
-            shortcut = self.projection(x)
-        else:
-            shortcut = x[:, :, :: self.stride, :: self.stride]
+        shortcut = self.projection(x) if self.projection is not None else x[:, :, :: self.stride, :: self.stride]
         out = F.relu(self.bn1(self.conv1(x)))
         return F.relu(self.bn2(self.conv2(out)) + shortcut)
 

@@ -145,9 +145,7 @@ def prepare_run(
         sampler=ClassBalancedBatchSampler(train_labels, spec["batch_size"], samples_per_class, seed),
         val_batches=list(ClassBalancedBatchSampler(val_labels, spec["batch_size"], samples_per_class, seed)),
         checkpoint=None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT_NAME,
-        config_hash=config_hash(
-            description, spec, (train_images, train_labels, val_images, val_labels)
-        ),
+        config_hash=config_hash(description, spec, (train_images, train_labels, val_images, val_labels)),
         log=log,
     )
 
