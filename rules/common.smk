@@ -16,6 +16,7 @@ from cytodml.config import (
     synthetic_dump,
     validate_config,
 )
+from cytodml.data.signature import dump_signature
 from cytodml.data.sources import list_classes
 from cytodml.errors import InputError
 
@@ -109,7 +110,6 @@ def raw_dump(wildcards):
 # Snakemake compares only the dump's own time stamp, which an edit inside a class folder leaves alone. A rule that
 # reads a dump also takes its signature as a parameter (a function of the wildcards alone, so that Snakemake records
 # it), and a file added, removed or replaced below the dump reruns the rule through the params trigger.
-from cytodml.data.signature import dump_signature
 
 
 def raw_dump_signature(wildcards):

@@ -26,8 +26,9 @@ from cytodml.learn import embed as embedding
 from cytodml.learn.embed import BatchLoader, autocast, embed
 from cytodml.learn.losses import build_loss
 from cytodml.learn.models import build_model
-from cytodml.learn.trainer import CHECKPOINT_NAME, channel_statistics, prepare_run, train
-from tests.unit.test_trainer import CHILD, KWARGS, checkpoint_epoch, make_images
+from cytodml.learn.trainer import CHECKPOINT_NAME, channel_statistics, prepare_run
+from tests.unit.test_trainer import CHILD, KWARGS, checkpoint_epoch
+from tests.unit.test_trainer import run_train as run_cpu_train
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
@@ -44,16 +45,9 @@ PROBABILITY_TOLERANCE = 2e-2  # softmax probabilities on the GPU (bfloat16) agai
 GPU_KWARGS = {**KWARGS, "train_spec": {**KWARGS["train_spec"], "patience": KWARGS["train_spec"]["epochs"]}}
 
 
-@pytest.fixture(scope="module")
-def data():
-    train_images, train_labels = make_images(96, 0)
-    val_images, val_labels = make_images(30, 1)
-    return {"xt": train_images, "yt": train_labels, "xv": val_images, "yv": val_labels}
-
-
-def run_train(data, checkpoint_dir=None, log=lambda message: None, **overrides):
-    kwargs = {**GPU_KWARGS, **overrides}
-    return train(data["xt"], data["yt"], data["xv"], data["yv"], checkpoint_dir=checkpoint_dir, log=log, **kwargs)
+def run_train(data, **overrides):
+    """test_trainer's training, every epoch run (GPU_KWARGS)."""
+    return run_cpu_train(data, **{"train_spec": GPU_KWARGS["train_spec"], **overrides})
 
 
 def last_weights(checkpoint_dir: Path) -> dict:

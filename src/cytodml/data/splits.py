@@ -18,7 +18,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from cytodml.config import PROTOCOLS, fill
-from cytodml.errors import InputError
+from cytodml.errors import InputError, require_columns
 
 SUBSETS = ("train", "val", "test")
 TEST = SUBSETS.index("test")
@@ -107,9 +107,7 @@ def make_split(
 
 
 def _check_patches(patches: pd.DataFrame) -> None:
-    missing = [column for column in REQUIRED_COLUMNS if column not in patches]
-    if missing:
-        raise InputError(f"patches table: missing column(s) {', '.join(missing)}")
+    require_columns(patches, REQUIRED_COLUMNS, "patches table")
     if patches.empty:
         raise InputError("patches table: no rows")
     unlabelled = patches["class_name"].isna() | (patches["class_name"] == "")

@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 
 from cytodml.config import checked
-from cytodml.errors import InputError
+from cytodml.errors import InputError, require_columns
 from cytodml.evaluate.classifiers import select_on_validation
 from cytodml.evaluate.detection import choose_threshold, open_set_results, spiked_samples
 from cytodml.evaluate.metrics import (
@@ -49,9 +49,7 @@ log = logging.getLogger(__name__)
 def _check_table(embeddings: pd.DataFrame, class_names: list[str], loss: str) -> list[int]:
     """Validate the embed stage's table; return the data-set label of each known class, in ``class_names`` order."""
     where = f"embeddings of loss {loss!r}"
-    missing = [column for column in REQUIRED_COLUMNS if column not in embeddings.columns]
-    if missing:
-        raise InputError(f"{where}: missing column(s) {missing}")
+    require_columns(embeddings, REQUIRED_COLUMNS, where)
     stray = sorted(set(embeddings["subset"]) - {"train", "pool", *SCORED})
     if stray:
         raise InputError(f"{where}: unknown subset value(s) {stray}")

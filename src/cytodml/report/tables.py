@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from cytodml.errors import InputError
+from cytodml.errors import InputError, require_columns
 from cytodml.evaluate.detection import ALL_TARGETS
 from cytodml.io import write_csv, write_text
 
@@ -99,9 +99,7 @@ def aggregate(metrics: pd.DataFrame, baseline: str = "softmax") -> pd.DataFrame:
     cannot reach 0.05), else the paired t-test; columns ``test`` (``wilcoxon``, ``paired_t`` or empty where nothing
     pairs) and ``p_value``. Identical pairs give p = 1. NaN values (0 / 0 metrics) are left out of mean, std and n.
     """
-    missing = [c for c in [*KEYS, "trial", "value"] if c not in metrics.columns]
-    if missing:
-        raise InputError(f"metrics table: missing column(s) {missing}")
+    require_columns(metrics, [*KEYS, "trial", "value"], "metrics table")
     table = metrics.groupby(KEYS, sort=False)["value"].agg(mean="mean", std="std", n="count").reset_index()
     by_trial = metrics.groupby([*KEYS, "trial"])["value"].first().unstack("trial")
     tests, p_values = [], []
