@@ -16,14 +16,17 @@ from torch import nn
 import cytodml.learn.trainer as trainer
 from cytodml.errors import InputError
 from cytodml.learn.embed import embed, embedding_table, load_model
-from cytodml.learn.trainer import TrainingDiverged, channel_statistics, precision_at_1, train
+from cytodml.learn.monitor import precision_at_1
+from cytodml.learn.trainer import TrainingDiverged, channel_statistics, train
 
 CLASSES = ["bead", "cryptosporidium", "giardia"]
 TIMING = ["seconds", "images_per_s"]
 KWARGS = {
     "network": {"name": "small", "embedding_dim": 4, "widths": [8, 16]},
     "loss_spec": {"type": "contrastive"},  # draws random pairs: the resume must restore torch's random state
-    "train_spec": {"epochs": 5, "batch_size": 24, "lr": 0.01, "lr_decay": 0.9, "patience": 2, "samples_per_class": 4},
+    # online augmentation on: the resume test proves its random draws are restored too
+    "train_spec": {"epochs": 5, "batch_size": 24, "lr": 0.01, "lr_decay": 0.9, "patience": 2, "samples_per_class": 4,
+                   "augment": {"affine": {"p": 0.5}, "noise": {"p": 0.5}}},
     "class_names": CLASSES,
     "channel_names": ["brightfield", "darkfield"],
     "seed": 7,
@@ -82,20 +85,73 @@ def test_same_seed_gives_identical_weights_and_history(data, reference):
     assert_same_weights(bundle["state_dict"], reference[0]["state_dict"])
     assert_same_history(history, reference[1])
     assert list(history.columns) == [
-        "epoch", "train_loss", "val_loss", "val_precision_at_1", "lr", "seconds", "images_per_s"
+        "epoch", "train_loss", "val_loss", "val_precision_at_1", "val_balanced_accuracy", "lr", "seconds",
+        "images_per_s",
     ]  # fmt: skip
     assert np.allclose(history["lr"], 0.01 * 0.9 ** np.arange(len(history)))
 
 
+def last_best(values, sign=1) -> int:
+    """The 1-based epoch the trainer keeps: the best value, the later epoch on a tie."""
+    values = sign * np.asarray(values)
+    return int(np.flatnonzero(values == values.max())[-1]) + 1
+
+
 def test_best_epoch_is_kept_and_early_stopping_counts_patience(data, reference):
     bundle, history = reference
-    assert bundle["best_epoch"] == int(np.argmin(history["val_loss"].to_numpy())) + 1
+    assert bundle["best_epoch"] == last_best(history["val_balanced_accuracy"])
     spec = {**KWARGS["train_spec"], "epochs": 8, "patience": 1, "monitor": "val_precision_at_1"}
     bundle, history = run_train(data, train_spec=spec)
     precision = history["val_precision_at_1"].to_numpy()
-    best = int(np.argmax(precision)) + 1
-    assert bundle["best_epoch"] == best
-    assert len(history) == 8 or (len(history) - best == 1 and precision[-1] <= precision[best - 1])
+    assert bundle["best_epoch"] == last_best(precision)
+    assert len(history) == 8 or precision[-1] <= precision[:-1].max()  # stopped: no strict gain in the last epoch
+
+
+SCRIPTED = [  # val_loss best at epoch 2, retrieval best (a tie) at epochs 3 and 5, a gain of 0.01 at 5
+    {"val_loss": 0.9, "val_precision_at_1": 0.5, "val_balanced_accuracy": 0.50},
+    {"val_loss": 0.4, "val_precision_at_1": 0.6, "val_balanced_accuracy": 0.60},
+    {"val_loss": 0.7, "val_precision_at_1": 0.7, "val_balanced_accuracy": 0.70},
+    {"val_loss": 0.8, "val_precision_at_1": 0.6, "val_balanced_accuracy": 0.65},
+    {"val_loss": 0.9, "val_precision_at_1": 0.7, "val_balanced_accuracy": 0.71},
+    {"val_loss": 1.0, "val_precision_at_1": 0.6, "val_balanced_accuracy": 0.60},
+]
+
+
+@pytest.mark.parametrize(
+    ("monitor", "min_delta", "kept", "epochs_run"),
+    [
+        ("val_balanced_accuracy", 0, 5, 6),  # the retrieval score, not the loss, picks the epoch
+        ("val_loss", 0, 2, 4),  # selectable still; patience 2 stops it two epochs after its best
+        ("val_precision_at_1", 0, 5, 5),  # a tie goes to the later epoch, but only a gain restarts patience
+        ("val_balanced_accuracy", 0.02, 5, 5),  # kept at a small gain, yet patience ran on: stopped after 5
+    ],
+)
+def test_monitor_picks_the_epoch_by_its_score_ties_and_min_delta(data, monkeypatch, monitor, min_delta, kept,
+                                                                  epochs_run):  # fmt: skip
+    scores = iter(SCRIPTED)
+    monkeypatch.setattr(trainer.Run, "validate", lambda self: next(scores))
+    spec = {**KWARGS["train_spec"], "epochs": 6, "patience": 2, "monitor": monitor, "min_delta": min_delta}
+    bundle, history = run_train(data, train_spec=spec)
+    assert (bundle["best_epoch"], len(history)) == (kept, epochs_run)
+
+
+def test_online_augmentation_changes_every_draw_and_is_off_on_request(data):
+    run = trainer.prepare_run(data["xt"], data["yt"], data["xv"], data["yv"], checkpoint_dir=None, **KWARGS)
+    batch = run.train_loader(list(range(24)))
+    first, second = run.augment(batch), run.augment(batch)
+    assert first.shape == batch.shape and not torch.equal(first, second) and not torch.equal(first, batch)
+    off = {**KWARGS["train_spec"], "augment": {"dihedral": False}}
+    run = trainer.prepare_run(data["xt"], data["yt"], data["xv"], data["yv"], checkpoint_dir=None,
+                              **{**KWARGS, "train_spec": off})  # fmt: skip
+    assert not run.augment.active
+
+
+def test_steps_per_epoch_sets_the_budget_and_fewshot_selection_sees_at_most_its_shots(data):
+    spec = {**KWARGS["train_spec"], "steps_per_epoch": 7, "monitor_per_class": 4}
+    run = trainer.prepare_run(data["xt"], data["yt"], data["xv"], data["yv"], checkpoint_dir=None,
+                              **{**KWARGS, "train_spec": spec})  # fmt: skip
+    assert len(run.sampler) == 7 and len(list(run.sampler)) == 7
+    assert torch.bincount(run.val_labels).tolist() == [4, 4, 4]
 
 
 def test_other_seed_gives_other_weights(data, reference):
@@ -245,8 +301,8 @@ def test_embed_rejects_images_unlike_the_training_ones(data, reference):
 
 
 def test_bad_train_input_names_what_is_wrong(data):
-    with pytest.raises(InputError, match="train.momentum"):
-        run_train(data, train_spec={"momentum": 0.9})
+    with pytest.raises(InputError, match="train.nesterov"):
+        run_train(data, train_spec={"nesterov": True})
     with pytest.raises(InputError, match="train images: dtype float32"):
         train(data["xt"].astype(np.float32), data["yt"], data["xv"], data["yv"], checkpoint_dir=None, **KWARGS)
     with pytest.raises(InputError, match="val labels: values outside"):

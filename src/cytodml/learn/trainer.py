@@ -1,17 +1,22 @@
 """Training of one embedding network with one loss, resumable and deterministic.
 
-Adam (beta 0.9, 0.999) with an exponential learning-rate decay per epoch and early stopping on a validation metric,
-the weights of the best epoch kept (Luo et al., RSC Adv 2021: at most 300 epochs). Batches come from
+The recipe is the ``train:`` block: an optimiser and a learning-rate schedule stepped per optimiser step
+(:mod:`cytodml.learn.optim`) over a budget of ``epochs x steps_per_epoch`` steps, every training batch augmented on the
+training device (:mod:`cytodml.learn.online_augment`), and early stopping on a validation score after each epoch, the
+weights of the best epoch kept (Luo et al., RSC Adv 2021: at most 300 epochs). Batches come from
 :class:`~cytodml.learn.samplers.ClassBalancedBatchSampler`: with ``samples_per_class`` images of every class when the
 loss needs positives in each batch, plain shuffled otherwise; either way the order is a function of (seed, epoch).
 
 Every epoch ends with a checkpoint (model, loss head, optimiser, scheduler, random state, best weights, history,
 early-stopping counter) written atomically to ``checkpoint_dir``; a run started again with the same configuration and
-data resumes from it and, on the CPU, ends with the weights an uninterrupted run gives.
+data resumes from it and, on the CPU, ends with the weights an uninterrupted run gives (the augmentation draws from
+torch's random state, which the checkpoint holds).
 
-Validation per epoch: ``val_loss``, the loss on validation batches drawn like the training ones (with a fixed
-order), and ``val_precision_at_1``, the fraction of validation images whose nearest other validation image (Euclidean,
-in the embedding) is of their class. ``train.monitor`` picks the one early stopping follows (default ``val_loss``).
+Validation per epoch, on a fixed stratified subsample of the validation images (``monitor_images``,
+``monitor_per_class``): ``val_balanced_accuracy`` (kNN over a subsample of the training images),
+``val_precision_at_1`` (:mod:`cytodml.learn.monitor`) and ``val_loss``, the loss on validation batches drawn like the
+training ones (with a fixed order). ``train.monitor`` picks the one early stopping follows; an epoch that ties the best
+becomes the kept one, and patience restarts only on a gain above ``min_delta``.
 
 The bundle ``train`` returns, and :func:`load_model` that reads it back, are defined in :mod:`cytodml.learn.embed`
 (``load_model`` is re-exported here).
@@ -45,14 +50,18 @@ from cytodml.learn.embed import (
 )
 from cytodml.learn.losses import build_loss
 from cytodml.learn.models import build_model
+from cytodml.learn.monitor import knn_balanced_accuracy, precision_at_1, stratified_subsample
+from cytodml.learn.online_augment import BatchAugmentation
+from cytodml.learn.optim import build_optimizer, build_schedule
 from cytodml.learn.samplers import ClassBalancedBatchSampler
 
-__all__ = [
-    "TrainingDiverged", "train", "prepare_run", "load_model", "channel_statistics", "precision_at_1"
-]  # fmt: skip
+__all__ = ["TrainingDiverged", "train", "prepare_run", "load_model", "channel_statistics"]
 
-MONITORS = {"val_loss": min, "val_precision_at_1": max}
-BETAS = (0.9, 0.999)
+#: +1 where a higher monitor value is better, -1 where lower is
+MONITORS = {"val_balanced_accuracy": 1, "val_precision_at_1": 1, "val_loss": -1}
+HISTORY = (
+    "epoch", "train_loss", "val_loss", "val_precision_at_1", "val_balanced_accuracy", "lr", "seconds", "images_per_s"
+)  # fmt: skip
 CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_FORMAT = "cytodml-checkpoint"
 
@@ -81,7 +90,8 @@ def train(
     Labels are positions in ``class_names``. ``checkpoint_dir`` (None: no checkpoints) holds the per-epoch
     checkpoint; one written by the same configuration and data is resumed. Returns the model bundle (see
     :mod:`cytodml.learn.embed`) holding the best epoch's weights, and the per-epoch history: ``epoch``,
-    ``train_loss``, ``val_loss``, ``val_precision_at_1``, ``lr``, ``seconds``, ``images_per_s``.
+    ``train_loss``, ``val_loss``, ``val_precision_at_1``, ``val_balanced_accuracy``, ``lr`` (at the epoch's start),
+    ``seconds``, ``images_per_s``.
     On the CPU, deterministic algorithms are switched on for the run (and restored after it).
     """
     deterministic = torch.are_deterministic_algorithms_enabled()
@@ -119,6 +129,10 @@ def prepare_run(
     samples_per_class = resolve_samples_per_class(spec, loss)
     loss.check_batch(samples_per_class, len(class_names))
     normalization = channel_statistics(train_images)
+    steps_per_epoch = spec.get("steps_per_epoch", math.ceil(len(train_images) / spec["batch_size"]))
+    # scored every epoch: the same bounded subsamples, so that epochs compare and a large set costs little
+    val_kept = stratified_subsample(val_labels, spec["monitor_images"], spec.get("monitor_per_class"), seed)
+    reference_kept = stratified_subsample(train_labels, spec["monitor_images"], None, seed)
     description = {
         "format": MODEL_FORMAT,
         "version": MODEL_VERSION,
@@ -139,11 +153,16 @@ def prepare_run(
         spec=spec,
         description=description,
         train_loader=BatchLoader(train_images, normalization, device),
-        val_loader=BatchLoader(val_images, normalization, device),
+        val_loader=BatchLoader(val_images[val_kept], normalization, device),
+        reference_loader=BatchLoader(train_images[reference_kept], normalization, device),
         train_labels=torch.as_tensor(train_labels, device=device),
-        val_labels=torch.as_tensor(val_labels, device=device),
-        sampler=ClassBalancedBatchSampler(train_labels, spec["batch_size"], samples_per_class, seed),
-        val_batches=list(ClassBalancedBatchSampler(val_labels, spec["batch_size"], samples_per_class, seed)),
+        val_labels=torch.as_tensor(val_labels[val_kept], device=device),
+        reference_labels=torch.as_tensor(train_labels[reference_kept], device=device),
+        augment=BatchAugmentation(spec["augment"], normalization, float(np.iinfo(train_images.dtype).max)),
+        sampler=ClassBalancedBatchSampler(
+            train_labels, spec["batch_size"], samples_per_class, seed, batches_per_epoch=steps_per_epoch
+        ),
+        val_batches=list(ClassBalancedBatchSampler(val_labels[val_kept], spec["batch_size"], samples_per_class, seed)),
         checkpoint=None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT_NAME,
         config_hash=config_hash(description, spec, (train_images, train_labels, val_images, val_labels)),
         log=log,
@@ -162,6 +181,11 @@ def _check_subsets(train_images, train_labels, val_images, val_labels, spec, cla
         )
     if spec["monitor"] == "val_precision_at_1" and len(val_images) < 2:
         raise InputError("train.monitor: val_precision_at_1 needs at least 2 validation images")
+    if spec["monitor"] == "val_balanced_accuracy" and spec["monitor_images"] < len(class_names):
+        raise InputError(
+            f"train.monitor_images: {spec['monitor_images']} images cannot hold one of each of the "
+            f"{len(class_names)} classes that val_balanced_accuracy scores"
+        )
     if len(channel_names) != train_images.shape[1]:
         raise InputError(f"channel_names: {len(channel_names)} names for {train_images.shape[1]} image channels")
     return train_labels, val_labels
@@ -219,19 +243,6 @@ def channel_statistics(images: np.ndarray, chunk: int = 1024) -> dict[str, list[
     return {"mean": mean.tolist(), "std": np.where(std > 0, std, 1.0).tolist()}
 
 
-def precision_at_1(embeddings: torch.Tensor, labels: torch.Tensor, chunk: int = 2048) -> float:
-    """Fraction of images whose nearest other image (Euclidean distance) is of the same class; NaN below 2 images."""
-    if len(embeddings) < 2:
-        return math.nan
-    hits = 0
-    for start in range(0, len(embeddings), chunk):
-        distances = torch.cdist(embeddings[start : start + chunk], embeddings)
-        rows = torch.arange(len(distances), device=distances.device)
-        distances[rows, rows + start] = math.inf
-        hits += int((labels[distances.argmin(dim=1)] == labels[start : start + chunk]).sum())
-    return hits / len(embeddings)
-
-
 def config_hash(description: dict, spec: dict, arrays) -> str:
     """A digest of everything a training run depends on, so a checkpoint is resumed only by the run that wrote it."""
     digest = hashlib.sha256(json.dumps([description, spec], sort_keys=True).encode())
@@ -248,21 +259,19 @@ def cpu_copy(state_dict: dict) -> dict:
 class Run:
     """The state of one training run and the epoch loop over it; :meth:`fit` resumes from a checkpoint it finds."""
 
-    def __init__(self, *, model, loss, spec, description, train_loader, val_loader, train_labels, val_labels,
-                 sampler, val_batches, checkpoint, config_hash, log):  # fmt: skip
+    def __init__(self, *, model, loss, spec, description, train_loader, val_loader, reference_loader, train_labels,
+                 val_labels, reference_labels, augment, sampler, val_batches, checkpoint, config_hash, log):  # fmt: skip
         self.model, self.loss, self.spec, self.description = model, loss, spec, description
-        self.train_loader, self.val_loader = train_loader, val_loader
-        self.train_labels, self.val_labels = train_labels, val_labels
-        self.sampler, self.val_batches = sampler, val_batches
+        self.train_loader, self.val_loader, self.reference_loader = train_loader, val_loader, reference_loader
+        self.train_labels, self.val_labels, self.reference_labels = train_labels, val_labels, reference_labels
+        self.augment, self.sampler, self.val_batches = augment, sampler, val_batches
         self.checkpoint, self.config_hash, self.log = checkpoint, config_hash, log
         self.device = train_loader.device
         # a transient per-batch bar where a person watches; the per-epoch log line either way
         self.progress_bar = sys.stderr.isatty()
         model.to(memory_format=torch.channels_last)
-        self.optimizer = torch.optim.Adam(
-            [*model.parameters(), *loss.parameters()], lr=spec["lr"], betas=BETAS, weight_decay=spec["weight_decay"]
-        )
-        self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma=spec["lr_decay"])
+        self.optimizer = build_optimizer([*model.parameters(), *loss.parameters()], spec)
+        self.scheduler = build_schedule(self.optimizer, spec, len(sampler))
         self.epoch = 0
         self.bad_epochs = 0
         self.best = {
@@ -271,10 +280,7 @@ class Run:
             "model": cpu_copy(model.state_dict()),
             "loss": cpu_copy(loss.state_dict()),
         }
-        self.history = {
-            column: []
-            for column in ("epoch", "train_loss", "val_loss", "val_precision_at_1", "lr", "seconds", "images_per_s")
-        }
+        self.history = {column: [] for column in HISTORY}
 
     # ------------------------------------------------------------------------------------------------------ the loop
     def fit(self) -> None:
@@ -299,14 +305,12 @@ class Run:
         lr = self.optimizer.param_groups[0]["lr"]
         train_loss, images = self.train_one_epoch()
         train_seconds = time.perf_counter() - started
-        val_loss, val_p1 = self.validate()
-        self.scheduler.step()
+        scores = self.validate()
         self.epoch += 1
         row = {
             "epoch": self.epoch,
             "train_loss": train_loss,
-            "val_loss": val_loss,
-            "val_precision_at_1": val_p1,
+            **scores,
             "lr": lr,
             "seconds": time.perf_counter() - started,
             "images_per_s": images / train_seconds,
@@ -315,8 +319,9 @@ class Run:
             self.history[column].append(value)
         improved = self.track_best(row[self.spec["monitor"]])
         self.log(
-            f"epoch {self.epoch}/{self.spec['epochs']}: train_loss {train_loss:.4g}, val_loss {val_loss:.4g}, "
-            f"val_precision_at_1 {val_p1:.3f}, lr {lr:.3g}, {row['seconds']:.1f} s, "
+            f"epoch {self.epoch}/{self.spec['epochs']}: train_loss {train_loss:.4g}, val_loss {row['val_loss']:.4g}, "
+            f"val_precision_at_1 {row['val_precision_at_1']:.3f}, val_balanced_accuracy "
+            f"{row['val_balanced_accuracy']:.3f}, lr {lr:.3g}, {row['seconds']:.1f} s, "
             f"{row['images_per_s']:.0f} images/s{' (best)' if improved else ''}"
         )
 
@@ -345,32 +350,46 @@ class Run:
     def train_step(self, index) -> float:
         """One optimiser step on the training images ``index``; returns the batch loss, and leaves the weights
         untouched where it is not finite."""
+        images = self.train_loader(index)
+        if self.augment.active:
+            images = self.augment(images)
         with autocast(self.device):
-            embeddings = self.model(self.train_loader(index))
+            embeddings = self.model(images)
         value = self.loss(embeddings.float(), self.train_labels[index])
         scalar = value.item()
         if math.isfinite(scalar):
             self.optimizer.zero_grad(set_to_none=True)
             value.backward()
             self.optimizer.step()
+            self.scheduler.step()
         return scalar
 
-    def validate(self) -> tuple[float, float]:
-        """Validation loss (mean over the fixed validation batches) and precision at 1, in eval mode."""
+    def validate(self) -> dict[str, float]:
+        """The monitor's scores, in eval mode: validation loss (mean over the fixed validation batches), precision
+        at 1 and the kNN balanced accuracy over the reference (training) subsample."""
         embeddings = run_model(self.model, self.val_loader, self.spec["batch_size"])["embedding"]
+        reference = run_model(self.model, self.reference_loader, self.spec["batch_size"])["embedding"]
         self.loss.eval()
         with torch.inference_mode():
             losses = [float(self.loss(embeddings[b], self.val_labels[b])) for b in self.val_batches]
-        return float(np.mean(losses)), precision_at_1(embeddings, self.val_labels)
+        return {
+            "val_loss": float(np.mean(losses)),
+            "val_precision_at_1": precision_at_1(embeddings, self.val_labels),
+            "val_balanced_accuracy": knn_balanced_accuracy(
+                reference, self.reference_labels, embeddings, self.val_labels
+            ),
+        }
 
     def track_best(self, value: float) -> bool:
-        better = MONITORS[self.spec["monitor"]]
+        """Keep this epoch if its monitor value is at least as good as the best (a tie goes to the later epoch);
+        restart patience only on a gain above ``min_delta``. Returns whether the epoch was kept."""
         if not math.isfinite(value):
             raise TrainingDiverged(
                 f"training diverged: {self.spec['monitor']} is {value} after epoch {self.epoch}; try a lower train.lr"
             )
-        if self.best["value"] is not None and better(value, self.best["value"]) == self.best["value"]:
-            self.bad_epochs += 1
+        gain = math.inf if self.best["value"] is None else MONITORS[self.spec["monitor"]] * (value - self.best["value"])
+        self.bad_epochs = 0 if gain > self.spec["min_delta"] else self.bad_epochs + 1
+        if gain < 0:
             return False
         self.best = {
             "epoch": self.epoch,
@@ -378,7 +397,6 @@ class Run:
             "model": cpu_copy(self.model.state_dict()),
             "loss": cpu_copy(self.loss.state_dict()),
         }
-        self.bad_epochs = 0
         return True
 
     # ------------------------------------------------------------------------------------------------ checkpoints
