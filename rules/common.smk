@@ -146,17 +146,27 @@ def final_outputs():
 
 
 def trial_evaluations(wildcards):
-    """Every evaluation of one experiment, by kind of result: a list over losses x trials."""
+    """Every evaluation of one experiment, by kind of result: a list over losses x trials. The predictions choose the
+    recommended model (on validation images), the patches table labels the targets."""
     experiment = EXPERIMENTS[wildcards.experiment]
-    kinds = ("metrics", "confusion", "per_class", "spiked", "open_set", "episodes")
-    return {
-        kind: [
-            f"results/{wildcards.experiment}/eval/{loss}/t{trial}/{kind}.csv"
+    files = (
+        "metrics.csv",
+        "confusion.csv",
+        "per_class.csv",
+        "spiked.csv",
+        "open_set.csv",
+        "episodes.csv",
+        "predictions.parquet",
+    )
+    evaluations = {
+        file.split(".")[0]: [
+            f"results/{wildcards.experiment}/eval/{loss}/t{trial}/{file}"
             for loss in experiment["losses"]
             for trial in trials(wildcards.experiment)
         ]
-        for kind in kinds
+        for file in files
     }
+    return evaluations | {"patches": patches_of(wildcards)["table"]}
 
 
 # ---- predict: a trained model applied to new samples (rules/predict.smk) -------------------------------------------
@@ -173,16 +183,33 @@ def predict_dataset():
     return DATASETS[predict_experiment()["dataset"]]
 
 
-def predict_inputs(wildcards):
-    """The trained model, its evaluated classifiers and metrics (the threshold), the sample's dump and the gallery."""
+def predict_recommended():
+    """Whether predict applies the experiment's recommended model: the config names no loss and classifier."""
+    return "loss" not in PREDICT["model"]
+
+
+def predict_losses(wildcards):
+    """The losses whose model predict may apply: the one named, or, for the recommended model, every loss of the
+    experiment (the job reads which from the tables' recommended.csv)."""
     model = PREDICT["model"]
-    trial = f"{model['experiment']}/eval/{model['loss']}/t{model['trial']}"
+    return predict_experiment()["losses"] if predict_recommended() else [model["loss"]]
+
+
+def predict_inputs(wildcards):
+    """The trained models, their evaluated classifiers and metrics (the threshold), in predict_losses order; the
+    sample's dump and the gallery. For the recommended model, the experiment's tables: a new aggregation, which may
+    recommend another model, reruns predict."""
+    model = PREDICT["model"]
+    where = f"results/{model['experiment']}"
+    runs = [f"{loss}/t{model['trial']}" for loss in predict_losses(wildcards)]
     inputs = {
-        "model": f"results/{model['experiment']}/models/{model['loss']}/t{model['trial']}.pt",
-        "classifiers": f"results/{trial}/classifiers.joblib",
-        "metrics": f"results/{trial}/metrics.csv",
+        "models": [f"{where}/models/{run}.pt" for run in runs],
+        "classifiers": [f"{where}/eval/{run}/classifiers.joblib" for run in runs],
+        "metrics": [f"{where}/eval/{run}/metrics.csv" for run in runs],
         "dump": PREDICT_SAMPLES[wildcards.sample]["path"],
     }
+    if predict_recommended():
+        inputs["tables"] = f"{where}/tables"
     if PREDICT.get("gallery"):
         inputs["gallery"] = PREDICT["gallery"]["path"]
     return inputs

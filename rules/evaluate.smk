@@ -50,5 +50,9 @@ rule aggregate:
     resources:
         mem_mb=2000,
         runtime=10,
+    params:
+        # what the recommended model is chosen by (cytodml.evaluate.recommend)
+        recommend=experiment_keys(("protocol", "shots", "targets", "classifiers")),
+        seed=config["seed"],
     script:
         "../scripts/aggregate.py"

@@ -1,5 +1,6 @@
-# Detection in new samples: the model, classifier and threshold named in the config's `predict:` applied to each
-# sample's raw dump. Not part of `rule all`: ask for results/predict/<sample>/summary.md, or the rule predict_all.
+# Detection in new samples: the model, classifier and threshold named in the config's `predict:` (or the experiment's
+# recommended loss and classifier, where it names none) applied to each sample's raw dump. Not part of `rule all`: ask
+# for results/predict/<sample>/summary.md, or the rule predict_all.
 # The config lookups (PREDICT, PREDICT_SAMPLES, predict_*) live in rules/common.smk.
 
 
@@ -44,7 +45,10 @@ rule predict:
         signatures=predict_signatures,
         channels=lambda wildcards: predict_dataset()["channels"],
         patch=lambda wildcards: predict_dataset()["patch"],
-        classifier=lambda wildcards: PREDICT["model"]["classifier"],
+        experiment=lambda wildcards: PREDICT["model"]["experiment"],
+        losses=predict_losses,
+        # None: the recommended model's, read from the experiment's tables
+        classifier=lambda wildcards: PREDICT["model"].get("classifier"),
         threshold=lambda wildcards: PREDICT["model"].get("threshold"),
         targets=predict_targets,
         evaluated_targets=lambda wildcards: predict_experiment()["targets"],

@@ -1,7 +1,11 @@
-"""Mean +- std over trials of every loss x classifier x metric, paired tests against softmax, paper-style tables."""
+"""Mean +- std over trials of every loss x classifier x metric, paired tests against softmax, paper-style tables, and
+the recommended model (the best on the validation images)."""
 
 from pathlib import Path
 
+import pandas as pd
+
+from cytodml.evaluate.recommend import rank_models, validation_scores
 from cytodml.report.tables import aggregate, collect_trials, sum_confusion, write_tables
 from cytodml.runlog import logged
 
@@ -12,6 +16,25 @@ with logged(snakemake.log[0]) as log:
     }
     tables = collect_trials(trial_dirs)
     aggregated = aggregate(tables["metrics"])
+    settings = snakemake.params.recommend
+    patches = pd.read_parquet(snakemake.input.patches, columns=["class_name", "label"])
+    label_of = dict(zip(patches["class_name"], patches["label"]))
+    predictions = pd.concat(
+        [
+            pd.read_parquet(folder / "predictions.parquet").assign(loss=loss, trial=trial)
+            for (loss, trial), folder in trial_dirs.items()
+        ],
+        ignore_index=True,
+    )
+    ranking = rank_models(
+        validation_scores(
+            predictions,
+            settings["classifiers"],
+            [label_of[name] for name in settings["targets"]],
+            per_class=settings.get("shots") if settings["protocol"] == "fewshot" else None,
+            seed=snakemake.params.seed,
+        )
+    )
     write_tables(
         aggregated,
         sum_confusion(tables["confusion"]),
@@ -20,5 +43,20 @@ with logged(snakemake.log[0]) as log:
         snakemake.output.tables,
         episodes=tables["episodes"],
         per_class=tables["per_class"],
+        ranking=ranking,
+        experiment=snakemake.wildcards.experiment,
     )
     log.info("tables of %d trials written to %s", len(trial_dirs), snakemake.output.tables)
+    if ranking.empty:
+        log.info("no recommended model: no trial scored validation images")
+    else:
+        best = ranking.iloc[0]
+        log.info(
+            "recommended model: loss %s, classifier %s (validation %s %s %.4f over %d trial(s))",
+            best["loss"],
+            best["classifier"],
+            best["view"],
+            best["metric"],
+            best["validation_mean"],
+            best["trials"],
+        )

@@ -3,7 +3,10 @@
 The patch settings and channels of a dump come from the study config that trained the model (``--config``,
 ``--experiment``): the data set's ``patch:`` block (mode, size, downscale, background, noise_sigmas,
 foreground_fraction) must match training, and the file that trained the model holds them; the model bundle's image size and
-channel names are then checked against them. Bad input ends the command with exit status 2 and a one-line message.
+channel names are then checked against them. ``cytodml predict`` without ``--model``, ``--classifiers`` and
+``--classifier`` applies the experiment's recommended model, as the workflow does for a config that names no loss and
+classifier: the loss and classifier of ``<results>/<experiment>/tables/recommended.csv``, at ``--trial``. Bad input
+ends the command with exit status 2 and a one-line message.
 """
 
 import argparse
@@ -17,6 +20,7 @@ from cytodml.errors import InputError
 from cytodml.evaluate.detection import alarm_rule
 from cytodml.evaluate.detector import load_detector, save_detector
 from cytodml.evaluate.operating_point import read_evaluation
+from cytodml.evaluate.recommend import read_recommended
 from cytodml.predict import add_gallery, predict_sample
 from cytodml.report.sample import write_prediction
 
@@ -38,7 +42,8 @@ def main(argv=None) -> int:
 
 def predict(args) -> None:
     config, dataset, experiment = _study(args.config, args.experiment)
-    detector = load_detector(args.model, args.classifiers, args.classifier)
+    model, classifiers, classifier, recommended = _model_files(args, experiment)
+    detector = load_detector(model, classifiers, classifier)
     # what the command line sets, as a config's predict: block would; the rest comes from the experiment
     asked = {"model": {"experiment": args.experiment}}
     if args.targets is not None:
@@ -50,8 +55,8 @@ def predict(args) -> None:
     settings = predict_settings(config | {"predict": asked})
     targets, alarm = settings["targets"], alarm_rule(settings["alarm"], "--min-targets / --false-alarm-rate")
     threshold, validation = read_evaluation(
-        args.metrics or Path(args.classifiers).parent / "metrics.csv",
-        args.classifier,
+        args.metrics or Path(classifiers).parent / "metrics.csv",
+        classifier,
         threshold=args.threshold,
         targets=targets,
         evaluated_targets=experiment["targets"],
@@ -66,15 +71,38 @@ def predict(args) -> None:
         alarm=alarm,
         validation=validation,
         name=args.sample,
+        recommended=recommended,
         workers=args.threads or 1,
     )
     write_prediction(result, args.out)
     summary = result["summary"]
     alarm = "ALARM" if summary["alarm"] else "no alarm"
+    chosen = f" (recommended model: loss {recommended['loss']}, classifier {classifier})" if recommended else ""
     print(
-        f"{summary['sample']}: {alarm}, {summary['target_count']} target(s) among {summary['objects']} objects; "
-        f"{Path(args.out) / 'summary.md'}"
+        f"{summary['sample']}: {alarm}, {summary['target_count']} target(s) among {summary['objects']} objects"
+        f"{chosen}; {Path(args.out) / 'summary.md'}"
     )
+
+
+def _model_files(args, experiment: dict) -> tuple[str, str, str, dict | None]:
+    """(model file, classifiers file, classifier, recommended row or None): those given, or, with none of the three
+    given, the experiment's recommended model at ``--trial`` in the workflow's layout under ``--results``."""
+    given = {"--model": args.model, "--classifiers": args.classifiers, "--classifier": args.classifier}
+    missing = [option for option, value in given.items() if value is None]
+    if not missing:
+        return args.model, args.classifiers, args.classifier, None
+    if len(missing) < len(given):
+        raise InputError(
+            f"{', '.join(missing)}: missing; give --model, --classifiers and --classifier together, or none of them "
+            "for the experiment's recommended model"
+        )
+    if args.trial >= experiment["trials"]:
+        raise InputError(f"--trial: {args.trial}, but the experiment has {experiment['trials']} trial(s)")
+    where = Path(args.results) / args.experiment
+    recommended = read_recommended(where / "tables" / "recommended.csv", args.experiment, losses=experiment["losses"])
+    run = f"{recommended['loss']}/t{args.trial}"
+    model, classifiers = where / "models" / f"{run}.pt", where / "eval" / run / "classifiers.joblib"
+    return str(model), str(classifiers), recommended["classifier"], recommended
 
 
 def gallery(args) -> None:
@@ -121,23 +149,35 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cytodml", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="name", required=True)
 
-    def common(command):
+    def common(command, recommended: bool = False):
+        """The options of both commands; with ``recommended``, the model's may be left out for the recommended one."""
+        default = " (none of the three: the recommended model's)" if recommended else ""
         command.add_argument("--config", default="config.yaml", help="the study config that trained the model")
         command.add_argument("--experiment", required=True, help="the experiment of the config the model belongs to")
         command.add_argument(
-            "--model", required=True, help="a trained model, results/<experiment>/models/<loss>/t<n>.pt"
+            "--model",
+            required=not recommended,
+            help=f"a trained model, results/<experiment>/models/<loss>/t<n>.pt{default}",
         )
         command.add_argument(
             "--classifiers",
-            required=True,
-            help="results/<experiment>/eval/<loss>/t<n>/classifiers.joblib, or a file `cytodml gallery` wrote",
+            required=not recommended,
+            help=f"results/<experiment>/eval/<loss>/t<n>/classifiers.joblib, or a file `cytodml gallery` wrote{default}",
         )
-        command.add_argument("--classifier", required=True, help="which classifier: centroid, gmm, svm or knn")
+        command.add_argument(
+            "--classifier", required=not recommended, help=f"which classifier: centroid, gmm, svm or knn{default}"
+        )
         command.add_argument("--kind", choices=SOURCE_KINDS, help="the dump's source kind (default: the data set's)")
         command.add_argument("--threads", type=int, help="CPU threads for patching and the network")
 
     run = commands.add_parser("predict", help="detect targets in a new, unlabelled sample dump")
-    common(run)
+    common(run, recommended=True)
+    run.add_argument(
+        "--results",
+        default="results",
+        help="the workflow's results folder, where the recommended model is looked up (default: results)",
+    )
+    run.add_argument("--trial", type=int, default=0, help="the recommended model's trial (default: 0)")
     run.add_argument("--dump", required=True, help="the sample's raw dump (folder, montage folder, .npz or table)")
     run.add_argument("--out", required=True, help="output folder: objects.parquet/.csv, summary.md, targets.png")
     run.add_argument("--threshold", type=float, help="confidence to call a class (default: the evaluation's)")

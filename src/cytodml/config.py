@@ -313,9 +313,10 @@ def check_predict_config(config: dict, list_classes=None) -> None:
     """Raise :class:`InputError` naming the key of the first broken cross-reference of a filled config's ``predict:``
     block (:func:`validate_config`).
 
-    The model must name an experiment, one of its losses, one of its trials and one of its classifiers; a gallery
-    needs a centroid or kNN classifier; a calibrated alarm needs the evaluation's threshold and targets; targets must be
-    classes of the data set (or of the gallery), where ``list_classes(source)`` can tell them.
+    The model must name an experiment, one of its trials and one of its losses and classifiers (both, or neither for
+    the experiment's recommended model); a gallery needs a centroid or kNN classifier, named; a calibrated alarm needs
+    the evaluation's threshold and targets; targets must be classes of the data set (or of the gallery), where
+    ``list_classes(source)`` can tell them.
     """
     experiment = _check_predict_model(config)
     predict = predict_settings(config)
@@ -333,8 +334,9 @@ def check_predict_config(config: dict, list_classes=None) -> None:
 
 
 def _check_predict_model(config: dict) -> dict:
-    """The model names an experiment and one of its losses, trials and classifiers, and a gallery one that takes new
-    classes; returns the experiment block."""
+    """The model names an experiment and one of its losses, trials and classifiers (loss and classifier both, or
+    neither: the experiment's recommended model), and a gallery one that takes new classes; returns the experiment
+    block."""
     predict = config["predict"]
     model, experiments = predict["model"], config["experiments"]
     if model["experiment"] not in experiments:
@@ -342,12 +344,25 @@ def _check_predict_model(config: dict) -> dict:
             f"predict.model.experiment: unknown experiment '{model['experiment']}' ({sorted(experiments)})"
         )
     experiment = experiments[model["experiment"]]
-    if model["loss"] not in experiment["losses"]:
-        raise InputError(f"predict.model.loss: '{model['loss']}' is not among the experiment's {experiment['losses']}")
+    for named, absent in (("loss", "classifier"), ("classifier", "loss")):
+        if named in model and absent not in model:
+            raise InputError(
+                f"predict.model.{absent}: missing; with predict.model.{named} given, name the {absent} too, or "
+                "neither of them for the experiment's recommended model"
+            )
     if model["trial"] >= experiment["trials"]:
         raise InputError(
             f"predict.model.trial: {model['trial']}, but the experiment has {experiment['trials']} trial(s)"
         )
+    if "loss" not in model:
+        if predict.get("gallery"):
+            raise InputError(
+                f"predict.gallery: extends {' or '.join(GALLERY_CLASSIFIERS)}, so name predict.model.loss and "
+                "predict.model.classifier (the recommended model may use another classifier)"
+            )
+        return experiment
+    if model["loss"] not in experiment["losses"]:
+        raise InputError(f"predict.model.loss: '{model['loss']}' is not among the experiment's {experiment['losses']}")
     if model["classifier"] not in experiment["classifiers"]:
         raise InputError(
             f"predict.model.classifier: '{model['classifier']}' is not among the experiment's "

@@ -82,6 +82,7 @@ def predict_sample(
     alarm: dict,
     validation: tuple[int, int] | None = None,
     name: str | None = None,
+    recommended: dict | None = None,
     workdir=None,
     workers: int = 1,
 ) -> dict:
@@ -91,8 +92,10 @@ def predict_sample(
     order (the data set's), ``patch`` the data set's ``patch:`` block; ``threshold`` the confidence an object needs to
     be called a class; ``targets`` the class names that raise the alarm; ``alarm`` the rule
     (:func:`~cytodml.evaluate.detection.alarm_rule`), ``validation`` what a calibrated one rests on
-    (:func:`~cytodml.evaluate.operating_point.read_evaluation`); ``workdir`` where the patches are cut (a temporary
-    folder, removed after).
+    (:func:`~cytodml.evaluate.operating_point.read_evaluation`); ``recommended`` the row of the experiment's
+    ``recommended.csv`` where the detector is its recommended model
+    (:func:`~cytodml.evaluate.recommend.read_recommended`), which the summary then says; ``workdir`` where the patches
+    are cut (a temporary folder, removed after).
 
     Returns ``objects`` (one row per patch: ``object_id``, ``predicted`` (the class called, or "unknown" below the
     threshold), ``best_match`` (the most probable class), ``confidence``, ``is_target`` (called a target class),
@@ -115,6 +118,7 @@ def predict_sample(
         classifier=detector.classifier_name,
         origin=detector.origin,
         dropped=int(counts[DROPPED_COUNTS].to_numpy().sum()),
+        recommended=recommended,
     )
     order = _most_confident_targets(objects)
     return {"objects": objects, "summary": summary, "target_images": images[order], "target_rows": order}
@@ -178,12 +182,14 @@ def summarize(
     classifier: str,
     origin: str,
     dropped: int = 0,
+    recommended: dict | None = None,
 ) -> dict:
     """The sample's counts and alarm from its objects table (columns ``predicted``, ``is_target`` and QC flags).
 
     ``counts`` has every class of ``class_names`` (zeros included) and ``unknown``; ``target_count`` is the number of
     objects called a target class; ``alarm`` is True when it reaches ``alarm_at``, the count the rule asks of a
     sample of this size (the spiked table's "alarm at") (:func:`~cytodml.evaluate.detection.alarm_count`; ``validation`` for a calibrated rule).
+    ``recommended`` (the experiment's recommended model, where it is the one applied) is kept as given.
     """
     rule = alarm_rule(alarm)
     alarm_at = alarm_count(rule, len(objects), *(validation or (None, None)))
@@ -206,6 +212,7 @@ def summarize(
         "origin": origin,
         "qc": {flag: int(objects[flag].sum()) for flag in QC_FLAGS if flag in objects},
         "dropped": int(dropped),
+        "recommended": recommended,
     }
 
 

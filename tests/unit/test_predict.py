@@ -20,7 +20,7 @@ import yaml
 from PIL import Image
 
 from cytodml.cli import main
-from cytodml.config import check_predict_config, dump_source, fill
+from cytodml.config import check_predict_config, dump_source, fill, validate_config
 from cytodml.data.augment import augment
 from cytodml.data.patching import make_patches
 from cytodml.data.sources import ingest, list_classes
@@ -30,12 +30,14 @@ from cytodml.errors import InputError
 from cytodml.evaluate.classifiers import CentroidClassifier, SVMClassifier
 from cytodml.evaluate.detector import load_detector, save_detector
 from cytodml.evaluate.operating_point import read_evaluation
+from cytodml.evaluate.recommend import rank_models, validation_scores
 from cytodml.evaluate.run import evaluate_trial, write_trial
 from cytodml.learn.embed import embedding_table, load_model
 from cytodml.learn.inputs import class_labels, known_classes, subset_images
 from cytodml.learn.trainer import train
 from cytodml.predict import add_gallery, predict_sample, summarize
 from cytodml.report.sample import write_prediction
+from cytodml.report.tables import aggregate, collect_trials, sum_confusion, write_tables
 
 TARGETS = ["cryptosporidium", "giardia"]
 CHANNELS = ["brightfield"]
@@ -421,6 +423,42 @@ def test_command_line_reports_bad_input_in_one_line(study, tmp_path, capsys):
     assert "no experiment 'nowhere'" in capsys.readouterr().err
 
 
+def test_command_line_applies_the_recommended_model(study, tmp_path, capsys):
+    """Without --model, --classifiers and --classifier: the loss and classifier of the experiment's
+    tables/recommended.csv, made as the aggregate stage makes it, at --trial; the summary says so."""
+    results, eval_dir = study["root"] / "results", study["classifiers"].parent
+    tables = collect_trials({("softmax", 0): eval_dir})
+    predictions = pd.read_parquet(eval_dir / "predictions.parquet").assign(loss="softmax", trial=0)
+    labels = [sorted(SOURCE["classes"]).index(target) for target in TARGETS]  # the data set's labels
+    ranking = rank_models(validation_scores(predictions, EXPERIMENT["classifiers"], labels))
+    aggregated = aggregate(tables["metrics"])
+    write_tables(
+        aggregated,
+        sum_confusion(tables["confusion"]),
+        None,
+        None,
+        results / "tiny/tables",
+        ranking=ranking,
+        experiment="tiny",
+    )
+    best = ranking.iloc[0]
+    dump = render(tmp_path / "water", {"bead": 10, "cryptosporidium": 4}, seed=110)["path"]
+    head = ["predict", "--config", str(study["config"]), "--experiment", "tiny", "--dump", dump]
+    out = tmp_path / "out"
+    assert main([*head, "--results", str(results), "--out", str(out), "--threads", "1"]) == 0
+    assert f"(recommended model: loss softmax, classifier {best['classifier']})" in capsys.readouterr().out
+    summary = (out / "summary.md").read_text()
+    assert f"Classifier `{best['classifier']}`: network {results}/tiny/models/softmax/t0.pt" in summary
+    assert "This is the recommended model of experiment tiny" in summary
+    assert f"classifier `{best['classifier']}`, the best mean validation MCC of the targets" in summary
+    # half of the model named, or no tables to read: refused, asking for the model
+    assert main([*head, "--classifier", "gmm", "--out", str(out)]) == 2
+    assert "--model, --classifiers: missing; give --model, --classifiers and --classifier" in capsys.readouterr().err
+    assert main([*head, "--results", str(tmp_path / "elsewhere"), "--out", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert "recommended.csv: not found" in error and "--model, --classifiers, --classifier" in error
+
+
 # ----------------------------------------------------------------------------------------------------------- config
 
 
@@ -472,6 +510,29 @@ def test_predict_config_cross_references_are_checked(predict, named):
     config["predict"] = {"model": {"experiment": "tiny", "loss": "softmax", "classifier": "knn", "threshold": 0.9}}
     with pytest.raises(InputError, match="experiments.tiny.alarm"):
         check_predict_config(fill("config", config), list_classes=list_classes)
+
+
+def test_predict_model_names_loss_and_classifier_both_or_neither():
+    config = {
+        "datasets": {"tiny-ifc": {"source": SOURCE, "channels": CHANNELS, "patch": PATCH}},
+        "losses": {"softmax": {"type": "softmax"}},
+        "experiments": {"tiny": EXPERIMENT},
+        "run": ["tiny"],
+        "predict": {"model": {"experiment": "tiny"}, "samples": {"s": {"path": "s"}}},
+    }
+    # neither: the recommended model, which the schema and the cross-references accept
+    assert "loss" not in validate_config(config, list_classes=list_classes)["predict"]["model"]
+    for model, named in (
+        ({"loss": "softmax"}, "predict.model.classifier"),
+        ({"classifier": "gmm"}, "predict.model.loss"),
+    ):
+        config["predict"]["model"] = {"experiment": "tiny", **model}
+        with pytest.raises(InputError, match=re.escape(f"{named}: missing")):
+            validate_config(config, list_classes=list_classes)
+    # a gallery extends a classifier named: the recommended one may not take new classes
+    config["predict"] |= {"model": {"experiment": "tiny"}, "gallery": {"path": "g"}}
+    with pytest.raises(InputError, match="predict.gallery: .*name predict.model.loss and predict.model.classifier"):
+        validate_config(config, list_classes=list_classes)
 
 
 def test_command_line_validates_the_config_with_the_workflow_schema(study, tmp_path, capsys):

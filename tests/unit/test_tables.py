@@ -341,3 +341,53 @@ def test_per_class_table_is_aggregated_over_trials(tmp_path, metrics):
     write_tables(aggregate(metrics), CONFUSION, None, None, tmp_path, per_class=per_class)
     assert "87.5 +- 17.7" in (tmp_path / "per_class.md").read_text()
     assert len(pd.read_csv(tmp_path / "per_class.csv")) == 2
+
+
+def test_recommended_model_table_and_marker(tmp_path, metrics):
+    """The recommended model's table holds its validation score and, for the record, its test score from the
+    aggregated table; the Markdown of the views marks its row, the LaTeX and CSV stay as they were."""
+    ranking = pd.DataFrame(
+        {
+            "rank": [1, 2],
+            "loss": ["softmax", "triplet"],  # validation prefers softmax, though triplet is better on test
+            "classifier": ["knn", "knn"],
+            "view": "multiclass",
+            "metric": "balanced_accuracy",
+            "validation_mean": [0.9, 0.8],
+            "validation_std": [0.01, 0.02],
+            "trials": 3,
+        }
+    )
+    aggregated = aggregate(metrics)
+    write_tables(aggregated, CONFUSION, None, None, tmp_path, ranking=ranking, experiment="tiny")
+    recommended = pd.read_csv(tmp_path / "recommended.csv")
+    assert len(recommended) == 1
+    best = recommended.iloc[0]
+    assert (best["experiment"], best["loss"], best["classifier"], best["metric"]) == (
+        "tiny",
+        "softmax",
+        "knn",
+        "balanced_accuracy",
+    )
+    assert (best["validation_mean"], best["trials"]) == (0.9, 3)
+    assert best["test_mean"] == pytest.approx(np.mean(SOFTMAX_3))
+    assert best["test_std"] == pytest.approx(np.std(SOFTMAX_3, ddof=1))
+    text = (tmp_path / "recommended.md").read_text()
+    assert "Loss **softmax** with classifier **knn**" in text and "90.0 +- 1.0" in text
+    assert "Test images never enter the choice" in text
+    assert list(pd.read_csv(tmp_path / "validation.csv")["loss"]) == ["softmax", "triplet"]
+    marked = (tmp_path / "metrics.md").read_text()
+    rows = [[cell.strip() for cell in line.split("|")[1:3]] for line in marked.splitlines()[2:] if line.startswith("|")]
+    assert sorted(rows) == [["softmax", "knn (recommended)"], ["softmax", "softmax"], ["triplet", "knn"]]
+    assert "(recommended): the experiment's recommended model" in marked
+    assert "recommended" not in (tmp_path / "metrics.tex").read_text()
+    assert "recommended" not in (tmp_path / "latent.md").read_text()  # no row of the recommended model
+    assert list(pd.read_csv(tmp_path / "metrics.csv")["classifier"]) == ["knn", "knn", "softmax"]
+
+
+def test_no_recommended_model_without_validation(tmp_path, metrics):
+    ranking = pd.DataFrame(columns=["rank", "loss", "classifier", "view", "metric", "validation_mean"])
+    write_tables(aggregate(metrics), CONFUSION, None, None, tmp_path, ranking=ranking, experiment="tiny")
+    assert pd.read_csv(tmp_path / "recommended.csv").empty
+    assert "None: no trial scored validation images" in (tmp_path / "recommended.md").read_text()
+    assert "recommended" not in (tmp_path / "metrics.md").read_text()

@@ -1,8 +1,12 @@
-"""The predict rule as a user asks for it: dry runs of one sample and of every sample, and config errors up front."""
+"""The predict rule as a user asks for it: dry runs of one sample and of every sample, config errors up front, and
+the experiment's recommended model screening a sample of the finished tiny study."""
 
 import copy
 
+import pandas as pd
 import pytest
+
+from cytodml.data.synthetic import render_dump
 
 from .conftest import snakemake
 from .test_workflow import planned_jobs
@@ -49,6 +53,38 @@ def test_unknown_sample_is_no_target(workdir, predict_config):
     assert result.returncode != 0 and "MissingRuleException" in result.stderr + result.stdout
 
 
+def test_recommended_model_screens_a_sample(tiny_run, tiny_config):
+    """No loss and classifier named: predict applies those of the experiment's tables/recommended.csv (the finished
+    tiny study's, so predict is the only job), says so, and runs again when a new aggregation may recommend another."""
+    source = tiny_config["datasets"]["tiny-ifc"]["source"]
+    render_dump(tiny_run / "dumps" / "few", {**source, "classes": {"bead": 6, "cryptosporidium": 4}}, seed=31)
+    config = copy.deepcopy(tiny_config)
+    config["predict"] = {
+        "model": {"experiment": "tiny"},
+        "alarm": {"min_targets": 2},
+        "samples": {"few": {"path": "dumps/few"}},
+    }
+    target = "results/predict/few/summary.md"
+    assert planned_jobs(snakemake(tiny_run, "-n", target, config=config)) == {"predict": 1}
+    snakemake(tiny_run, "--cores", "2", target, config=config)
+    tables = tiny_run / "results" / "tiny" / "tables"
+    best = pd.read_csv(tables / "recommended.csv").iloc[0]
+    ranked = pd.read_csv(tables / "validation.csv")
+    assert (best["loss"], best["classifier"]) == tuple(ranked.loc[ranked["rank"] == 1, ["loss", "classifier"]].iloc[0])
+    assert best["validation_mean"] == ranked["validation_mean"].max()
+    assert f"| {best['loss']} " in next(
+        line
+        for line in (tables / "metrics.md").read_text().splitlines()
+        if f"{best['classifier']} (recommended)" in line
+    )
+    summary = (tiny_run / target).read_text()
+    network = f"results/tiny/models/{best['loss']}/t0.pt"
+    assert f"Classifier `{best['classifier']}`: network {network}" in summary
+    assert "This is the recommended model of experiment tiny" in summary
+    forced = planned_jobs(snakemake(tiny_run, "-n", target, "--forcerun", "aggregate", config=config))
+    assert forced == {"aggregate": 1, "predict": 1}
+
+
 def gallery_on_gmm(predict):
     predict["gallery"] = {"path": "dumps/pollen-examples"}
     predict["model"]["classifier"] = "gmm"
@@ -61,6 +97,7 @@ def gallery_on_gmm(predict):
         (lambda p: p.update(targets=["amoeba"]), "predict.targets[0]"),
         (gallery_on_gmm, "predict.gallery"),
         (lambda p: p["samples"]["water-0001"].update(colour="blue"), "colour"),
+        (lambda p: p["model"].pop("classifier"), "predict.model.classifier: missing"),
     ],
 )
 def test_bad_predict_config_fails_before_any_job(workdir, predict_config, edit, named):

@@ -92,9 +92,25 @@ def summary_markdown(summary: dict, montage: str | None = None) -> str:
         "",
         f"Classifier `{summary['classifier']}`: {summary['origin']}.",
     ]
+    if summary.get("recommended"):
+        lines += ["", _recommended(summary["recommended"])]
     if montage:
         lines += ["", f"![called targets, to confirm]({montage})"]
     return "\n".join(lines) + "\n"
+
+
+def _recommended(recommended: dict) -> str:
+    """The sentence that says the model applied is the experiment's recommended one, and by what score."""
+    scored = "MCC of the targets against the rest" if recommended["view"] == "binary" else "balanced accuracy"
+    score = f"{recommended['validation_mean']:.3f}"
+    if not math.isnan(recommended["validation_std"]):
+        score += f" +- {recommended['validation_std']:.3f}"
+    return (
+        f"This is the recommended model of experiment {recommended['experiment']}, applied since the config names no "
+        f"loss and classifier: loss `{recommended['loss']}` with classifier `{recommended['classifier']}`, the best "
+        f"mean validation {scored} at the arg-max ({score} over {recommended['trials']} trial(s); "
+        f"results/{recommended['experiment']}/tables/recommended.md)."
+    )
 
 
 def _calibration(summary: dict) -> str:

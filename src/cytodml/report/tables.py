@@ -14,6 +14,7 @@ from scipy import stats
 
 from cytodml.errors import InputError, require_columns
 from cytodml.evaluate.detection import ALL_TARGETS
+from cytodml.evaluate.recommend import RULE
 from cytodml.io import write_csv, write_text
 
 KEYS = ["loss", "classifier", "view", "metric"]
@@ -203,14 +204,80 @@ def _latex_escape(text: str) -> str:
     return text.replace(" +- ", r" $\pm$ ").replace(MARK, f"$^{{{MARK}}}$")
 
 
-def _write_formatted(table: pd.DataFrame, footnote: str, path_stem: Path, latex: bool = True) -> None:
-    """``table`` (cells already formatted) as Markdown and, with ``latex``, as a LaTeX tabular, each with its footnote."""
+def _write_formatted(
+    table: pd.DataFrame, footnote: str, path_stem: Path, latex: bool = True, recommended: dict | None = None
+) -> None:
+    """``table`` (cells already formatted) as Markdown and, with ``latex``, as a LaTeX tabular, each with its footnote;
+    the Markdown marks the rows of the ``recommended`` loss and classifier (:func:`_marked`)."""
     table = table.rename(columns=lambda c: _header(c) if c not in ("loss", "classifier") else c)
-    write_text(table.to_markdown(index=False) + f"\n\n{footnote}\n", path_stem.with_suffix(".md"))
+    marked, note = _marked(table, recommended)
+    write_text(marked.to_markdown(index=False) + f"\n\n{footnote}{note}\n", path_stem.with_suffix(".md"))
     if latex:
         escaped = table.map(lambda cell: _latex_escape(str(cell))).rename(columns=_latex_escape)
         tabular = escaped.to_latex(index=False, escape=False, column_format="l" * len(escaped.columns))
         write_text(tabular + f"\\par\\footnotesize {_latex_escape(footnote)}\n", path_stem.with_suffix(".tex"))
+
+
+RECOMMENDED = "(recommended)"
+
+
+def _marked(table: pd.DataFrame, recommended: dict | None) -> tuple[pd.DataFrame, str]:
+    """``table`` with :data:`RECOMMENDED` after the classifier of the recommended model's rows, and the footnote's
+    sentence saying so; unchanged, and no sentence, where it has no such row."""
+    if recommended is None or not {"loss", "classifier"} <= set(table.columns):
+        return table, ""
+    rows = (table["loss"] == recommended["loss"]) & (table["classifier"] == recommended["classifier"])
+    if not rows.any():
+        return table, ""
+    marked = table.copy()
+    marked.loc[rows, "classifier"] = f"{recommended['classifier']} {RECOMMENDED}"
+    note = (
+        f" {RECOMMENDED}: the experiment's recommended model, the best on the validation images (recommended.md), "
+        "which predict applies when the config names no loss and classifier."
+    )
+    return marked, note
+
+
+def _write_recommended(ranking: pd.DataFrame, aggregated: pd.DataFrame, out_dir: Path, experiment: str) -> dict | None:
+    """``recommended.csv`` and ``.md`` (the first model of ``ranking``, :func:`~cytodml.evaluate.recommend.rank_models`,
+    with its test score beside, for the record) and ``validation.csv`` (the ranking); returns the recommended row, or
+    None where the ranking is empty (the files then say that there is none)."""
+    write_csv(ranking, out_dir / "validation.csv")
+    columns = ["experiment", "loss", "classifier", "view", "metric", "validation_mean", "validation_std", "trials"]
+    if ranking.empty:
+        write_csv(pd.DataFrame(columns=[*columns, "test_mean", "test_std"]), out_dir / "recommended.csv")
+        write_text(
+            "# Recommended model\n\nNone: no trial scored validation images, and the choice never falls back on test "
+            "images; predict needs predict.model.loss and predict.model.classifier named.\n",
+            out_dir / "recommended.md",
+        )
+        return None
+    best = ranking.iloc[0].to_dict() | {"experiment": experiment}
+    key = (best["loss"], best["classifier"], best["view"], best["metric"])
+    test = aggregated.set_index(KEYS)[["mean", "std"]]
+    test_mean, test_std = test.loc[key].to_list() if key in test.index else (np.nan, np.nan)
+    best |= {"test_mean": test_mean, "test_std": test_std}
+    write_csv(pd.DataFrame([best])[[*columns, "test_mean", "test_std"]], out_dir / "recommended.csv")
+    metric = best["metric"]
+    scored = "MCC of the targets against the rest" if best["view"] == "binary" else "balanced accuracy"
+    shown = ranking[["rank", "loss", "classifier"]].assign(
+        **{
+            f"validation {_header(metric)}": [
+                format_cell(m, s, metric) for m, s in zip(ranking["validation_mean"], ranking["validation_std"])
+            ],
+            "trials": ranking["trials"],
+        }
+    )
+    write_text(
+        f"# Recommended model\n\nLoss **{best['loss']}** with classifier **{best['classifier']}**: validation "
+        f"{scored} (arg-max) {format_cell(best['validation_mean'], best['validation_std'], metric)} over "
+        f"{best['trials']} trial(s); on the test images "
+        f"{format_cell(test_mean, test_std, metric) or 'not reported'}, for the record.\n\n"
+        f"{shown.to_markdown(index=False)}\n\nChosen as {RULE} Predict applies this model when the config names no "
+        "loss and classifier.\n",
+        out_dir / "recommended.md",
+    )
+    return best
 
 
 def _spiked_groups(spiked: pd.DataFrame) -> pd.DataFrame:
@@ -283,7 +350,7 @@ def _spiked_footnote(spiked: pd.DataFrame) -> str:
     )
 
 
-def _write_spiked(spiked: pd.DataFrame, out_dir: Path) -> None:
+def _write_spiked(spiked: pd.DataFrame, out_dir: Path, recommended: dict | None = None) -> None:
     """The spiked table: :func:`_spiked_summary` as CSV, and its paper layout as Markdown and LaTeX."""
     summary = _spiked_summary(spiked)
     write_csv(summary, out_dir / "spiked.csv")
@@ -302,7 +369,7 @@ def _write_spiked(spiked: pd.DataFrame, out_dir: Path) -> None:
         )
         .rename(columns={"alarm_at": "alarm at"})
     )
-    _write_formatted(shown, _spiked_footnote(spiked), out_dir / "spiked")
+    _write_formatted(shown, _spiked_footnote(spiked), out_dir / "spiked", recommended=recommended)
 
 
 def _count_of(part: int, whole: int) -> str:
@@ -366,6 +433,8 @@ def write_tables(
     episodes: pd.DataFrame | None = None,
     per_class: pd.DataFrame | None = None,
     baseline: str = "softmax",
+    ranking: pd.DataFrame | None = None,
+    experiment: str = "",
 ) -> None:
     """Write the study's tables into ``out_dir`` (CSV with snake-case numeric columns, Markdown, LaTeX).
 
@@ -382,18 +451,25 @@ def write_tables(
       classifier, mean +- std over trials, and the class's test images per trial;
     - ``episodes`` (.csv/.md): per-class episodic accuracy, mean +- std over trials (episodic protocol only).
 
+    - with ``ranking`` (:func:`~cytodml.evaluate.recommend.rank_models`, of ``experiment``): ``recommended``
+      (.csv/.md): the recommended model (``experiment``, ``loss``, ``classifier``, ``view``, ``metric``,
+      ``validation_mean``, ``validation_std``, ``trials``, and its ``test_mean``, ``test_std`` for the record; the
+      CSV has its header only where there is none) and ``validation.csv`` (every candidate, ranked); the Markdown
+      of ``metrics``, ``binary``, ``rare``, ``open_set`` and ``spiked`` marks its rows "(recommended)".
+
     ``confusion``, ``spiked``, ``open_set``, ``episodes`` and ``per_class`` are the per-trial tables stacked with ``loss`` and
     ``trial`` columns, as :func:`collect_trials` returns them.
     """
     out_dir = Path(out_dir)
     footnote = FOOTNOTE.format(mark=MARK, baseline=baseline)
     write_csv(aggregated, out_dir / "aggregated.csv")
+    recommended = None if ranking is None else _write_recommended(ranking, aggregated, out_dir, experiment)
     for name, (view, shown) in LAYOUTS.items():
         if not (aggregated["view"] == view).any():
             continue
         write_csv(_wide(aggregated, view), out_dir / f"{name}.csv")
         present = [m for m in shown if m in set(aggregated.loc[aggregated["view"] == view, "metric"])]
-        _write_formatted(paper_table(aggregated, view, present), footnote, out_dir / name)
+        _write_formatted(paper_table(aggregated, view, present), footnote, out_dir / name, recommended=recommended)
 
     if open_set is not None and not open_set.empty:
         summary = _open_set_summary(open_set, aggregated)
@@ -409,10 +485,11 @@ def write_tables(
             fractions.merge(rates, on=["loss", "classifier"], how="left"),
             footnote + " Counts are summed over trials.",
             out_dir / "open_set",
+            recommended=recommended,
         )
 
     if spiked is not None and not spiked.empty:
-        _write_spiked(spiked, out_dir)
+        _write_spiked(spiked, out_dir, recommended)
 
     keys = [c for c in confusion.columns if c not in ("trial", "count")]
     write_csv(confusion.groupby(keys, sort=False)["count"].sum().reset_index(), out_dir / "confusion.csv")
