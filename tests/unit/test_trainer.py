@@ -25,8 +25,15 @@ KWARGS = {
     "network": {"name": "small", "embedding_dim": 4, "widths": [8, 16]},
     "loss_spec": {"type": "contrastive"},  # draws random pairs: the resume must restore torch's random state
     # online augmentation on: the resume test proves its random draws are restored too
-    "train_spec": {"epochs": 5, "batch_size": 24, "lr": 0.01, "lr_decay": 0.9, "patience": 2, "samples_per_class": 4,
-                   "augment": {"affine": {"p": 0.5}, "noise": {"p": 0.5}}},
+    "train_spec": {
+        "epochs": 5,
+        "batch_size": 24,
+        "lr": 0.01,
+        "lr_decay": 0.9,
+        "patience": 2,
+        "samples_per_class": 4,
+        "augment": {"affine": {"p": 0.5}, "noise": {"p": 0.5}},
+    },
     "class_names": CLASSES,
     "channel_names": ["brightfield", "darkfield"],
     "seed": 7,

@@ -50,6 +50,4 @@ def learning_rate_factor(step: int, spec: dict, steps_per_epoch: int) -> float:
 def build_schedule(optimizer: torch.optim.Optimizer, spec: dict, steps_per_epoch: int):
     """A scheduler to step after every optimiser step, giving :func:`learning_rate_factor`; its state is the step
     count, saved and restored with a checkpoint."""
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: learning_rate_factor(step, spec, steps_per_epoch)
-    )
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: learning_rate_factor(step, spec, steps_per_epoch))
