@@ -15,15 +15,15 @@ then the sensor's response (intensity) and its noise.
 
 Why kornia for the geometric part: resampling a batch with per-image affine matrices (``grid_sample``) and per-image
 Gaussian kernels is what kornia does, vectorised on any device. Why plain tensor ops for the rest: kornia has no op for
-the dihedral group (its flips and rotations are drawn independently, not uniformly over the 8 elements, and a
-90-degree rotation through ``grid_sample`` interpolates where a transpose is exact); and kornia's ``ColorJitter``
+the dihedral group (its ``RandomRotation90`` resamples through an affine warp, where a transpose and flips are exact,
+and rounds a continuous draw of the quarter turns, and its flips are separate modules), and kornia's ``ColorJitter``
 assumes RGB images in ``[0, 1]``, whereas these transforms must act on each channel alone in the raw range of 8- or
 16-bit data, without quantising 16-bit values to an 8-bit grid.
 
 All randomness comes from torch's global generators (``torch.rand``/``torch.randn`` on the batch's device, and
 kornia, which draws from torch's CPU generator), so a trainer that seeds torch and checkpoints
 ``torch.get_rng_state()`` (and CUDA's) resumes with the augmentation the uninterrupted run would have drawn. A
-transform with ``p = 0`` draws nothing, so switching one off does not shift the others' draws.
+transform that is off (``p = 0``, ``dihedral: false``) draws nothing.
 """
 
 import kornia.augmentation as K
