@@ -38,7 +38,9 @@ embeddings, fitted on the (un-augmented) training images' embeddings. Data and d
 
 Seconds per model: everything done for that model (standardisation or augmentation, training, validation, embedding,
 scoring), not the data loading shared by all models. ``--quick`` proves the code paths only (1 trial, 2 epochs or 30
-steps). Needs ../shared/data/ (skips with a message where it is absent).
+steps). Needs ../shared/data/ (skips with a message where it is absent). Two threads by default; on cores shared with
+other jobs ``--threads 1`` ran the plain BloodMNIST model about 10 x faster (13 against 136 s per 300 steps, load
+average 4), and scores differ slightly between thread counts (floating-point summation order).
 
     python benchmarks/recipe.py --datasets bloodmnist --sides plain --trials 2
     python benchmarks/recipe.py --sides workflow --trials 1 --losses softmax --datasets bloodmnist
@@ -491,6 +493,8 @@ def print_summary(results: dict, args) -> None:
         spread = max(sd, statistics.stdev(values) if len(values) > 1 else 0.0)
         difference = statistics.mean(values) - mean
         verdict = "yes" if abs(difference) <= spread + 1e-9 else "no"
+        if args.quick:
+            verdict = "n/a (--quick)"
         print(f"| {name} | {loss} | {mean_sd(values)} | {mean:.3f} +- {sd:.3f} | {difference:+.3f} | {verdict} |")
 
 

@@ -131,6 +131,7 @@ SCRIPTED = [  # val_loss best at epoch 2, retrieval best (a tie) at epochs 3 and
         ("val_loss", 0, 2, 4),  # selectable still; patience 2 stops it two epochs after its best
         ("val_precision_at_1", 0, 5, 5),  # a tie goes to the later epoch, but only a gain restarts patience
         ("val_balanced_accuracy", 0.02, 5, 5),  # kept at a small gain, yet patience ran on: stopped after 5
+        ("val_loss", 0.35, 3, 4),  # epoch 3 is within min_delta of the best (epoch 2): the later epoch is kept
     ],
 )
 def test_monitor_picks_the_epoch_by_its_score_ties_and_min_delta(data, monkeypatch, monitor, min_delta, kept,

@@ -15,8 +15,9 @@ torch's random state, which the checkpoint holds).
 Validation per epoch, on a fixed stratified subsample of the validation images (``monitor_images``,
 ``monitor_per_class``): ``val_balanced_accuracy`` (kNN over a subsample of the training images),
 ``val_precision_at_1`` (:mod:`cytodml.learn.monitor`) and ``val_loss``, the loss on validation batches drawn like the
-training ones (with a fixed order). ``train.monitor`` picks the one early stopping follows; an epoch that ties the best
-becomes the kept one, and patience restarts only on a gain above ``min_delta``.
+training ones (with a fixed order). ``train.monitor`` picks the one early stopping follows; the latest epoch
+within ``min_delta`` of the best so far becomes the kept one (the later epoch wins a tie), and patience restarts only on
+a gain above ``min_delta``.
 
 The bundle ``train`` returns, and :func:`load_model` that reads it back, are defined in :mod:`cytodml.learn.embed`
 (``load_model`` is re-exported here).
@@ -277,6 +278,7 @@ class Run:
         self.best = {
             "epoch": 0,
             "value": None,
+            "top": None,
             "model": cpu_copy(model.state_dict()),
             "loss": cpu_copy(loss.state_dict()),
         }
@@ -381,19 +383,24 @@ class Run:
         }
 
     def track_best(self, value: float) -> bool:
-        """Keep this epoch if its monitor value is at least as good as the best (a tie goes to the later epoch);
-        restart patience only on a gain above ``min_delta``. Returns whether the epoch was kept."""
+        """Keep this epoch if its monitor value is within ``min_delta`` of the best so far (the top): a score that
+        differs by less than that is noise on a small validation set, and the later epoch has trained longer. Patience
+        restarts only on a gain above ``min_delta`` over the top. Returns whether the epoch was kept."""
         if not math.isfinite(value):
             raise TrainingDiverged(
                 f"training diverged: {self.spec['monitor']} is {value} after epoch {self.epoch}; try a lower train.lr"
             )
-        gain = math.inf if self.best["value"] is None else MONITORS[self.spec["monitor"]] * (value - self.best["value"])
+        sign, top = MONITORS[self.spec["monitor"]], self.best["top"]
+        gain = math.inf if top is None else sign * (value - top)
         self.bad_epochs = 0 if gain > self.spec["min_delta"] else self.bad_epochs + 1
-        if gain < 0:
+        top = value if gain > 0 else top
+        if gain < -self.spec["min_delta"]:
+            self.best["top"] = top
             return False
         self.best = {
             "epoch": self.epoch,
             "value": value,
+            "top": top,
             "model": cpu_copy(self.model.state_dict()),
             "loss": cpu_copy(self.loss.state_dict()),
         }
