@@ -9,7 +9,7 @@ from sklearn.metrics import balanced_accuracy_score
 from sklearn.neighbors import KNeighborsClassifier
 
 from cytodml.config import checked
-from cytodml.learn.monitor import knn_balanced_accuracy, stratified_subsample
+from cytodml.learn.monitor import knn_balanced_accuracy, proportion_standard_error, stratified_subsample
 from cytodml.learn.optim import build_optimizer, build_schedule, learning_rate_factor
 
 
@@ -88,11 +88,20 @@ def test_knn_balanced_accuracy_matches_scikit_learn_on_normalised_embeddings():
     reference[:, 0] += reference_labels
     queries[:, 0] += query_labels
     unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
-    expected = balanced_accuracy_score(
-        query_labels, KNeighborsClassifier(5).fit(unit(reference), reference_labels).predict(unit(queries))
-    )
-    score = knn_balanced_accuracy(
+    predicted = KNeighborsClassifier(5).fit(unit(reference), reference_labels).predict(unit(queries))
+    expected = balanced_accuracy_score(query_labels, predicted)
+    score, error = knn_balanced_accuracy(
         torch.as_tensor(reference), torch.as_tensor(reference_labels), torch.as_tensor(queries),
         torch.as_tensor(query_labels),
     )  # fmt: skip
     assert 0.3 < score < 1 and math.isclose(score, expected, abs_tol=0.02)  # vote ties may break differently
+    hits = [((predicted == query_labels) & (query_labels == c)).sum() for c in range(4)]
+    counts = np.bincount(query_labels)
+    expected_error = math.sqrt(sum(proportion_standard_error(h, n) ** 2 for h, n in zip(hits, counts))) / 4
+    assert math.isclose(error, expected_error, rel_tol=0.1)
+
+
+def test_proportion_standard_error_shrinks_towards_one_half():
+    assert math.isclose(proportion_standard_error(50, 100), math.sqrt(0.25 / 100))
+    assert math.isclose(proportion_standard_error(2, 2), math.sqrt(0.75 * 0.25 / 2))  # 2 of 2 is not certain
+    assert proportion_standard_error(0, 2) == proportion_standard_error(2, 2)

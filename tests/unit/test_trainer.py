@@ -92,8 +92,8 @@ def test_same_seed_gives_identical_weights_and_history(data, reference):
     assert_same_weights(bundle["state_dict"], reference[0]["state_dict"])
     assert_same_history(history, reference[1])
     assert list(history.columns) == [
-        "epoch", "train_loss", "val_loss", "val_precision_at_1", "val_balanced_accuracy", "lr", "seconds",
-        "images_per_s",
+        "epoch", "train_loss", "val_loss", "val_precision_at_1", "val_balanced_accuracy", "monitor_standard_error",
+        "lr", "seconds", "images_per_s",
     ]  # fmt: skip
     assert np.allclose(history["lr"], 0.01 * 0.9 ** np.arange(len(history)))
 
@@ -106,8 +106,12 @@ def last_best(values, sign=1) -> int:
 
 def test_best_epoch_is_kept_and_early_stopping_counts_patience(data, reference):
     bundle, history = reference
-    assert bundle["best_epoch"] == last_best(history["val_balanced_accuracy"])
-    spec = {**KWARGS["train_spec"], "epochs": 8, "patience": 1, "monitor": "val_precision_at_1"}
+    values, errors = history["val_balanced_accuracy"].to_numpy(), history["monitor_standard_error"].to_numpy()
+    top = np.maximum.accumulate(values)
+    top_error = errors[[int(np.flatnonzero(values[: e + 1] == top[e])[0]) for e in range(len(values))]]
+    within = np.flatnonzero(values >= top - top_error - 1e-12)  # the one-standard-error rule, epoch by epoch
+    assert bundle["best_epoch"] == within[-1] + 1
+    spec = {**KWARGS["train_spec"], "epochs": 8, "patience": 1, "monitor": "val_precision_at_1", "selection": "best"}
     bundle, history = run_train(data, train_spec=spec)
     precision = history["val_precision_at_1"].to_numpy()
     assert bundle["best_epoch"] == last_best(precision)
@@ -121,6 +125,12 @@ SCRIPTED = [  # val_loss best at epoch 2, retrieval best (a tie) at epochs 3 and
     {"val_loss": 0.8, "val_precision_at_1": 0.6, "val_balanced_accuracy": 0.65},
     {"val_loss": 0.9, "val_precision_at_1": 0.7, "val_balanced_accuracy": 0.71},
     {"val_loss": 1.0, "val_precision_at_1": 0.6, "val_balanced_accuracy": 0.60},
+]
+NOISY = [  # a lucky peak at epoch 2 whose standard error covers epochs 3 and 4
+    {"val_loss": 1.0, "val_precision_at_1": 0.5, "val_balanced_accuracy": 0.50, "monitor_standard_error": 0.08},
+    {"val_loss": 1.0, "val_precision_at_1": 0.5, "val_balanced_accuracy": 0.70, "monitor_standard_error": 0.08},
+    {"val_loss": 1.0, "val_precision_at_1": 0.5, "val_balanced_accuracy": 0.65, "monitor_standard_error": 0.08},
+    {"val_loss": 1.0, "val_precision_at_1": 0.5, "val_balanced_accuracy": 0.66, "monitor_standard_error": 0.08},
 ]
 
 
@@ -136,11 +146,21 @@ SCRIPTED = [  # val_loss best at epoch 2, retrieval best (a tie) at epochs 3 and
 )
 def test_monitor_picks_the_epoch_by_its_score_ties_and_min_delta(data, monkeypatch, monitor, min_delta, kept,
                                                                   epochs_run):  # fmt: skip
-    scores = iter(SCRIPTED)
+    scores = iter([{**row, "monitor_standard_error": 0.0} for row in SCRIPTED])
     monkeypatch.setattr(trainer.Run, "validate", lambda self: next(scores))
     spec = {**KWARGS["train_spec"], "epochs": 6, "patience": 2, "monitor": monitor, "min_delta": min_delta}
     bundle, history = run_train(data, train_spec=spec)
     assert (bundle["best_epoch"], len(history)) == (kept, epochs_run)
+
+
+@pytest.mark.parametrize(("selection", "kept"), [("one_standard_error", 4), ("best", 2)])
+def test_one_standard_error_rule_keeps_the_latest_epoch_within_the_best_scores_error(data, monkeypatch, selection,
+                                                                                      kept):  # fmt: skip
+    scores = iter(NOISY)
+    monkeypatch.setattr(trainer.Run, "validate", lambda self: next(scores))
+    spec = {**KWARGS["train_spec"], "epochs": 4, "patience": 4, "selection": selection}
+    bundle, history = run_train(data, train_spec=spec)
+    assert bundle["best_epoch"] == kept and len(history) == 4
 
 
 def test_online_augmentation_changes_every_draw_and_is_off_on_request(data):

@@ -15,9 +15,10 @@ torch's random state, which the checkpoint holds).
 Validation per epoch, on a fixed stratified subsample of the validation images (``monitor_images``,
 ``monitor_per_class``): ``val_balanced_accuracy`` (kNN over a subsample of the training images),
 ``val_precision_at_1`` (:mod:`cytodml.learn.monitor`) and ``val_loss``, the loss on validation batches drawn like the
-training ones (with a fixed order). ``train.monitor`` picks the one early stopping follows; the latest epoch
-within ``min_delta`` of the best so far becomes the kept one (the later epoch wins a tie), and patience restarts only on
-a gain above ``min_delta``.
+training ones (with a fixed order). ``train.monitor`` picks the one early stopping follows. The kept epoch is the latest
+one within ``min_delta`` of the best so far or, with ``selection: one_standard_error`` (the default), within the best
+score's standard error where that is larger (the later epoch wins a tie); patience restarts only on a gain above
+``min_delta``.
 
 The bundle ``train`` returns, and :func:`load_model` that reads it back, are defined in :mod:`cytodml.learn.embed`
 (``load_model`` is re-exported here).
@@ -51,7 +52,12 @@ from cytodml.learn.embed import (
 )
 from cytodml.learn.losses import build_loss
 from cytodml.learn.models import build_model
-from cytodml.learn.monitor import knn_balanced_accuracy, precision_at_1, stratified_subsample
+from cytodml.learn.monitor import (
+    knn_balanced_accuracy,
+    precision_at_1,
+    proportion_standard_error,
+    stratified_subsample,
+)
 from cytodml.learn.online_augment import BatchAugmentation
 from cytodml.learn.optim import build_optimizer, build_schedule
 from cytodml.learn.samplers import ClassBalancedBatchSampler
@@ -61,7 +67,8 @@ __all__ = ["TrainingDiverged", "train", "prepare_run", "load_model", "channel_st
 #: +1 where a higher monitor value is better, -1 where lower is
 MONITORS = {"val_balanced_accuracy": 1, "val_precision_at_1": 1, "val_loss": -1}
 HISTORY = (
-    "epoch", "train_loss", "val_loss", "val_precision_at_1", "val_balanced_accuracy", "lr", "seconds", "images_per_s"
+    "epoch", "train_loss", "val_loss", "val_precision_at_1", "val_balanced_accuracy", "monitor_standard_error", "lr",
+    "seconds", "images_per_s",
 )  # fmt: skip
 CHECKPOINT_NAME = "checkpoint.pt"
 CHECKPOINT_FORMAT = "cytodml-checkpoint"
@@ -279,6 +286,7 @@ class Run:
             "epoch": 0,
             "value": None,
             "top": None,
+            "top_error": 0.0,
             "model": cpu_copy(model.state_dict()),
             "loss": cpu_copy(loss.state_dict()),
         }
@@ -319,7 +327,7 @@ class Run:
         }
         for column, value in row.items():
             self.history[column].append(value)
-        improved = self.track_best(row[self.spec["monitor"]])
+        improved = self.track_best(row[self.spec["monitor"]], row["monitor_standard_error"])
         self.log(
             f"epoch {self.epoch}/{self.spec['epochs']}: train_loss {train_loss:.4g}, val_loss {row['val_loss']:.4g}, "
             f"val_precision_at_1 {row['val_precision_at_1']:.3f}, val_balanced_accuracy "
@@ -368,39 +376,52 @@ class Run:
 
     def validate(self) -> dict[str, float]:
         """The monitor's scores, in eval mode: validation loss (mean over the fixed validation batches), precision
-        at 1 and the kNN balanced accuracy over the reference (training) subsample."""
+        at 1 and the kNN balanced accuracy over the reference (training) subsample; and the standard error of the one
+        ``train.monitor`` names (of the loss: the batch losses' standard deviation over the root of their count)."""
         embeddings = run_model(self.model, self.val_loader, self.spec["batch_size"])["embedding"]
         reference = run_model(self.model, self.reference_loader, self.spec["batch_size"])["embedding"]
         self.loss.eval()
         with torch.inference_mode():
             losses = [float(self.loss(embeddings[b], self.val_labels[b])) for b in self.val_batches]
+        precision = precision_at_1(embeddings, self.val_labels)
+        balanced, balanced_error = knn_balanced_accuracy(reference, self.reference_labels, embeddings, self.val_labels)
+        errors = {
+            "val_loss": float(np.std(losses, ddof=1) / math.sqrt(len(losses))) if len(losses) > 1 else 0.0,
+            "val_precision_at_1": proportion_standard_error(precision * len(embeddings), len(embeddings)),
+            "val_balanced_accuracy": balanced_error,
+        }
         return {
             "val_loss": float(np.mean(losses)),
-            "val_precision_at_1": precision_at_1(embeddings, self.val_labels),
-            "val_balanced_accuracy": knn_balanced_accuracy(
-                reference, self.reference_labels, embeddings, self.val_labels
-            ),
+            "val_precision_at_1": precision,
+            "val_balanced_accuracy": balanced,
+            "monitor_standard_error": errors[self.spec["monitor"]],
         }
 
-    def track_best(self, value: float) -> bool:
-        """Keep this epoch if its monitor value is within ``min_delta`` of the best so far (the top): a score that
-        differs by less than that is noise on a small validation set, and the later epoch has trained longer. Patience
-        restarts only on a gain above ``min_delta`` over the top. Returns whether the epoch was kept."""
+    def track_best(self, value: float, standard_error: float) -> bool:
+        """Keep this epoch if its monitor value is within the tolerance of the best so far (the top): ``min_delta`` or,
+        with ``selection: one_standard_error``, the top's standard error where that is larger. A difference that
+        small is noise, and the later epoch has trained longer (and, under a decaying schedule, at a smaller step).
+        Patience restarts only on a gain above ``min_delta`` over the top. Returns whether the epoch was kept."""
         if not math.isfinite(value):
             raise TrainingDiverged(
                 f"training diverged: {self.spec['monitor']} is {value} after epoch {self.epoch}; try a lower train.lr"
             )
-        sign, top = MONITORS[self.spec["monitor"]], self.best["top"]
+        sign, top, top_error = MONITORS[self.spec["monitor"]], self.best["top"], self.best["top_error"]
         gain = math.inf if top is None else sign * (value - top)
         self.bad_epochs = 0 if gain > self.spec["min_delta"] else self.bad_epochs + 1
-        top = value if gain > 0 else top
-        if gain < -self.spec["min_delta"]:
-            self.best["top"] = top
+        if gain > 0:
+            top, top_error = value, standard_error
+        tolerance = self.spec["min_delta"]
+        if self.spec["selection"] == "one_standard_error":
+            tolerance = max(tolerance, top_error)
+        if gain < -tolerance:
+            self.best |= {"top": top, "top_error": top_error}
             return False
         self.best = {
             "epoch": self.epoch,
             "value": value,
             "top": top,
+            "top_error": top_error,
             "model": cpu_copy(self.model.state_dict()),
             "loss": cpu_copy(self.loss.state_dict()),
         }
