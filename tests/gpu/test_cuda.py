@@ -8,12 +8,8 @@ round their inputs to TF32's 11 bits, and CUDA's atomic additions make runs of o
 """
 
 import copy
-import json
 import math
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +23,7 @@ from cytodml.learn.embed import BatchLoader, autocast, embed
 from cytodml.learn.losses import build_loss
 from cytodml.learn.models import build_model
 from cytodml.learn.trainer import CHECKPOINT_NAME, channel_statistics, prepare_run
-from tests.unit.test_trainer import CHILD, KWARGS, checkpoint_epoch
+from tests.unit.test_trainer import KWARGS, kill_in_epoch_3
 from tests.unit.test_trainer import run_train as run_cpu_train
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -155,18 +151,7 @@ def test_two_trainings_of_one_seed_on_the_gpu_agree_within_tolerance(data, tmp_p
 
 def test_resume_after_a_kill_on_the_gpu_ends_near_the_uninterrupted_weights(data, tmp_path, record_property):
     run_train(data, checkpoint_dir=tmp_path / "uninterrupted")
-    np.savez(tmp_path / "data.npz", **data)
-    checkpoint = tmp_path / "checkpoints" / CHECKPOINT_NAME
-    child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(tmp_path / "data.npz"), str(checkpoint.parent), json.dumps(GPU_KWARGS)]
-    )
-    deadline = time.monotonic() + 120
-    while checkpoint_epoch(checkpoint) < 2 and child.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert child.poll() is None, "the training process ended before it could be killed"
-    child.send_signal(signal.SIGKILL)
-    assert child.wait(timeout=30) == -signal.SIGKILL
-    assert checkpoint_epoch(checkpoint) == 2
+    checkpoint = kill_in_epoch_3(data, tmp_path, GPU_KWARGS, signal.SIGKILL, timeout=120)
 
     messages = []
     run_train(data, checkpoint_dir=checkpoint.parent, log=messages.append)

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -212,20 +213,27 @@ def checkpoint_epoch(path) -> int:
     return torch.load(path, weights_only=True)["epoch"]
 
 
-@pytest.mark.parametrize("kill", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
-def test_resume_after_a_kill_gives_the_uninterrupted_weights(data, reference, tmp_path, kill):
+def kill_in_epoch_3(data, tmp_path, kwargs, kill, timeout) -> Path:
+    """Train in a child process, kill it with ``kill`` once its epoch-2 checkpoint is written (the child sleeps in
+    epoch 3) and return the checkpoint's path."""
     np.savez(tmp_path / "data.npz", **data)
     checkpoint = tmp_path / "checkpoints" / "checkpoint.pt"
     child = subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(tmp_path / "data.npz"), str(checkpoint.parent), json.dumps(KWARGS)]
+        [sys.executable, "-c", CHILD, str(tmp_path / "data.npz"), str(checkpoint.parent), json.dumps(kwargs)]
     )
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + timeout
     while checkpoint_epoch(checkpoint) < 2 and child.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
     assert child.poll() is None, "the training process ended before it could be killed"
     child.send_signal(kill)
     assert child.wait(timeout=30) == -kill
     assert checkpoint_epoch(checkpoint) == 2
+    return checkpoint
+
+
+@pytest.mark.parametrize("kill", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_resume_after_a_kill_gives_the_uninterrupted_weights(data, reference, tmp_path, kill):
+    checkpoint = kill_in_epoch_3(data, tmp_path, KWARGS, kill, timeout=60)
 
     messages = []
     bundle, history = run_train(data, checkpoint_dir=checkpoint.parent, log=messages.append)
