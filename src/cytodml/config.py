@@ -15,10 +15,14 @@ from pathlib import Path
 
 import jsonschema
 import yaml
+from referencing import Registry
+from referencing.jsonschema import DRAFT202012
 
 from cytodml.errors import InputError
 
 SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
+#: the name the schema goes by when its references are resolved
+SCHEMA_URI = "urn:cytodml:config-schema"
 #: results/<name>/ is shared by data sets and experiments, and results/predict/ belongs to the predict rule
 RESERVED_NAMES = {"predict", "benchmarks"}
 #: the config blocks library functions take on their own, by where the schema defines them
@@ -52,10 +56,17 @@ def _validator() -> jsonschema.Draft202012Validator:
     return jsonschema.Draft202012Validator(schema())
 
 
+@cache
+def _lookup(reference: str) -> dict:
+    """The part of the schema a JSON pointer reference (``#/$defs/...``) names."""
+    registry = Registry().with_resource(SCHEMA_URI, DRAFT202012.create_resource(schema()))
+    return registry.resolver(SCHEMA_URI).lookup(reference).contents
+
+
 def _block(name: str) -> dict:
     if name not in BLOCKS:
         raise KeyError(f"no config block {name!r}; known: {', '.join(BLOCKS)}")
-    return _validator().resolver.resolve(f"#{BLOCKS[name]}")[1] if BLOCKS[name] else schema()
+    return _lookup(f"#{BLOCKS[name]}") if BLOCKS[name] else schema()
 
 
 PROTOCOLS = tuple(schema()["$defs"]["experiment"]["properties"]["protocol"]["enum"])
@@ -64,7 +75,7 @@ PROTOCOLS = tuple(schema()["$defs"]["experiment"]["properties"]["protocol"]["enu
 def _resolve(subschema: dict) -> dict:
     """``subschema`` with a ``$ref`` replaced by its target (keys beside the ``$ref`` win)."""
     while "$ref" in subschema:
-        target = _validator().resolver.resolve(subschema["$ref"])[1]
+        target = _lookup(subschema["$ref"])
         subschema = {**target, **{k: v for k, v in subschema.items() if k != "$ref"}}
     return subschema
 
