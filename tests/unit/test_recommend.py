@@ -111,3 +111,10 @@ def test_no_validation_images_no_recommendation(tmp_path):
     assert read_recommended(path, "tiny")["loss"] == "arcface"
     with pytest.raises(InputError, match="'arcface', which is not among the experiment's"):
         read_recommended(path, "tiny", losses=["softmax", "triplet"])
+
+
+def test_fewshot_cap_holds_per_trial_where_the_trials_share_their_validation_images():
+    shared = pd.DataFrame({"index": np.arange(40), "label": np.repeat([0, 1], 20), "subset": "val"})
+    trials = [shared.assign(trial=t, loss="triplet", classifier="knn", predicted=shared["label"]) for t in range(5)]
+    scores = validation_scores(pd.concat(trials), ["knn"], per_class=3, seed=0)
+    assert scores["images"].tolist() == [6] * 5  # 3 per class in each trial, not the union of the trials' draws

@@ -20,6 +20,7 @@ import pandas as pd
 
 from cytodml.errors import InputError, require_columns
 from cytodml.evaluate.metrics import binary_metrics, multiclass_metrics
+from cytodml.learn.monitor import stratified_subsample
 
 __all__ = ["RULE", "rank_models", "read_recommended", "score_name", "validation_scores"]
 
@@ -65,7 +66,7 @@ def validation_scores(
     view, metric = score_name(target_labels)
     rows = predictions[(predictions["subset"] == VALIDATION) & predictions["classifier"].isin(list(classifiers))]
     if per_class is not None:
-        rows = rows[rows["index"].isin(_drawn(rows, per_class, seed))]
+        rows = rows[_drawn(rows, per_class, seed)]
     scores = []
     for (loss, trial, classifier), group in rows.groupby(["loss", "trial", "classifier"], sort=True):
         truth, predicted = group["label"].to_numpy(), group["predicted"].to_numpy()
@@ -78,15 +79,16 @@ def validation_scores(
     return pd.DataFrame(scores, columns=["loss", "trial", "classifier", "view", "metric", "value", "images"])
 
 
-def _drawn(rows: pd.DataFrame, per_class: int, seed: int) -> np.ndarray:
-    """The patch indices of at most ``per_class`` validation images per class and trial, drawn with ``seed``."""
+def _drawn(rows: pd.DataFrame, per_class: int, seed: int) -> pd.Series:
+    """Which rows belong to the at most ``per_class`` validation images per class drawn in their trial (with ``seed``
+    and the trial: the same images for every loss and classifier of a trial). Drawn per trial, so that a validation
+    set shared by the trials (the fewshot protocol's) still counts ``per_class`` images in each."""
     kept = []
     images = rows[["trial", "index", "label"]].drop_duplicates().sort_values(["trial", "index"])
-    for (trial, _), group in images.groupby(["trial", "label"], sort=True):
-        rng = np.random.default_rng([seed, int(trial)])
-        indices = group["index"].to_numpy()
-        kept.append(rng.choice(indices, min(per_class, len(indices)), replace=False))
-    return np.concatenate(kept) if kept else np.array([], dtype=np.int64)
+    for trial, of_trial in images.groupby("trial", sort=True):
+        drawn = stratified_subsample(of_trial["label"].to_numpy(), None, per_class, seed + int(trial))
+        kept.extend((trial, index) for index in of_trial["index"].to_numpy()[drawn])
+    return pd.Series(list(zip(rows["trial"], rows["index"])), index=rows.index).isin(kept)
 
 
 def rank_models(scores: pd.DataFrame) -> pd.DataFrame:

@@ -31,10 +31,11 @@ KNN_NEIGHBOURS = 5
 
 
 def stratified_subsample(labels, total: int | None, per_class: int | None, seed: int) -> np.ndarray:
-    """Sorted positions of at most ``per_class`` images of each class and at most ``total`` in all, drawn at random
+    """Sorted positions of at most ``per_class`` images of each class and about ``total`` in all, drawn at random
     (a function of ``seed``) with the classes' shares kept and every class keeping at least one image.
 
-    None means no cap. With ``total`` below the number of classes every class still keeps one image.
+    None means no cap. ``total`` is exceeded only by the classes that keep their one image although their share
+    rounds to none.
     """
     labels = np.asarray(labels)
     rng = np.random.default_rng([seed, 1013])
