@@ -43,6 +43,10 @@ BLOCKS = {
     "alarm": "/$defs/alarm",
     "predict": "/$defs/predict",
 }
+#: images of each class in a batch of a metric loss whose ``train.samples_per_class`` is unset and that needs no more
+MIN_SAMPLES_PER_CLASS = 2
+#: Medela & Picon keep spc^K, the negative combinations per positive pair of the constellation loss, under it (eq. 5)
+NEGATIVE_COMBINATIONS_LIMIT = 100
 
 
 @cache
@@ -234,7 +238,7 @@ def check_config(config: dict, list_classes=None) -> None:
         dataset = _check_experiment(config, key, experiment)
         classes = list_classes(resolve_source(experiment["dataset"], dataset)) if list_classes else None
         if classes is not None:
-            _check_classes(key, experiment, classes)
+            _check_classes(key, experiment, classes, config["losses"])
 
 
 def _check_names(config: dict) -> None:
@@ -281,8 +285,9 @@ def _check_experiment(config: dict, key: str, experiment: dict) -> dict:
     return dataset
 
 
-def _check_classes(key: str, experiment: dict, classes: list[str]) -> None:
-    """Targets and open-set classes are classes of the data set, and at least two known classes remain."""
+def _check_classes(key: str, experiment: dict, classes: list[str], losses: dict) -> None:
+    """Targets and open-set classes are classes of the data set, at least two known classes remain, and the batches
+    suit a constellation loss of every positive pair (its check needs the number of classes)."""
     for field in ("targets", "open_set"):
         for index, class_name in enumerate(experiment[field]):
             if class_name not in classes:
@@ -290,8 +295,28 @@ def _check_classes(key: str, experiment: dict, classes: list[str]) -> None:
                     f"{key}.{field}[{index}]: data set '{experiment['dataset']}' has no class '{class_name}' "
                     f"(it has {classes})"
                 )
-    if len(set(classes) - set(experiment["open_set"])) < 2:
+    known = set(classes) - set(experiment["open_set"])
+    if len(known) < 2:
         raise InputError(f"{key}.open_set: fewer than two known classes would be left to train on")
+    for name in experiment["losses"]:
+        loss = losses[name]
+        if loss["type"] == "constellation" and loss["pairs"] == "all":
+            samples_per_class = experiment["train"].get("samples_per_class", MIN_SAMPLES_PER_CLASS)
+            where = f"{key}.train.samples_per_class (loss '{name}')"
+            check_negative_combinations(samples_per_class, loss["k"], len(known), where)
+
+
+def check_negative_combinations(samples_per_class: int, k: int | str, num_classes: int, where: str) -> None:
+    """The constellation loss's tuples of every positive pair (``pairs: all``) stay within Medela & Picon's eq. 5:
+    spc^K < 100, spc the images per class in a batch, K = min(k, classes - 1) the negatives per pair."""
+    negatives = num_classes - 1 if k == "all" else min(k, num_classes - 1)
+    if samples_per_class**negatives >= NEGATIVE_COMBINATIONS_LIMIT:
+        raise InputError(
+            f"{where}: {samples_per_class} images per class with a constellation loss of pairs: all and K = "
+            f"{negatives} negatives gives spc^K = {samples_per_class**negatives} negative combinations per positive "
+            f"pair; Medela & Picon keep spc^K < {NEGATIVE_COMBINATIONS_LIMIT} (their eq. 5): lower "
+            "train.samples_per_class or k, or use pairs: per_anchor"
+        )
 
 
 # ------------------------------------------------------------------------------------------------- the predict: block

@@ -63,6 +63,16 @@ def test_schema_rejects_wrong_keys_and_values(config, path, value, where):
         validate_config(config)
 
 
+def paper_pairs_at(samples_per_class: int):
+    """An edit giving the default study's constellation loss the paper's pairs and ``samples_per_class`` per batch."""
+
+    def edit(config):
+        config["losses"]["constellation-k3"]["pairs"] = "all"
+        config["experiments"]["bioparticles"]["train"]["samples_per_class"] = samples_per_class
+
+    return edit
+
+
 @pytest.mark.parametrize(
     "edit, key",
     [
@@ -78,6 +88,7 @@ def test_schema_rejects_wrong_keys_and_values(config, path, value, where):
         ),
         (lambda c: c["experiments"]["bioparticles"].update(protocol="fewshot"), "experiments.bioparticles.shots"),
         (lambda c: c["experiments"].update({"synthetic-ifc": c["experiments"]["bioparticles"]}), "synthetic-ifc"),
+        (paper_pairs_at(5), r"experiments.bioparticles.train.samples_per_class \(loss 'constellation-k3'\): .*= 125"),
     ],
 )
 def test_cross_references_name_the_key(config, edit, key):
@@ -87,6 +98,19 @@ def test_cross_references_name_the_key(config, edit, key):
     edit(broken)
     with pytest.raises(InputError, match=key.replace("[", r"\[").replace("]", r"\]")):
         validate_config(broken, list_classes=list_classes)
+
+
+def test_paper_pairs_are_checked_against_the_known_classes_before_any_job(config):
+    """4 known classes (pollen is open set): K = min(3, 3) = 3, so 4 per class gives 64 < 100, 5 gives 125; without
+    the class list (not knowable before ingest) the trainer's check is the one that applies."""
+    from cytodml.data.sources import list_classes
+
+    fits = copy.deepcopy(config)
+    paper_pairs_at(4)(fits)
+    validate_config(fits, list_classes=list_classes)
+    unknown_classes = copy.deepcopy(config)
+    paper_pairs_at(5)(unknown_classes)
+    validate_config(unknown_classes, list_classes=lambda source: None)
 
 
 # ---- one owner of every default ---------------------------------------------------------------------------------

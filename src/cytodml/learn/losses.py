@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cytodml.config import checked
+from cytodml.config import check_negative_combinations, checked
 from cytodml.errors import InputError
 
 __all__ = [
@@ -277,7 +277,6 @@ class NPairLoss(MetricLoss):
 
 
 CONSTELLATION_PAIRS = ("per_anchor", "all")
-NEGATIVE_COMBINATIONS_LIMIT = 100  # Medela & Picon keep spc^K under it (their eq. 5)
 
 
 def all_pairs_with_one_negative_per_class(
@@ -340,16 +339,8 @@ class ConstellationLoss(MetricLoss):
 
     def check_batch(self, samples_per_class: int, num_classes: int) -> None:
         """With ``pairs: all``, spc^K < 100 (Medela & Picon, eq. 5), spc = samples_per_class, K = min(k, classes - 1)."""
-        if self.pairs != "all":
-            return
-        k = num_classes - 1 if self.k == "all" else min(self.k, num_classes - 1)
-        if samples_per_class**k >= NEGATIVE_COMBINATIONS_LIMIT:
-            raise InputError(
-                f"train.samples_per_class: {samples_per_class} images per class with a constellation loss of pairs: "
-                f"all and K = {k} negatives gives spc^K = {samples_per_class**k} negative combinations per positive "
-                f"pair; Medela & Picon keep spc^K < {NEGATIVE_COMBINATIONS_LIMIT} (their eq. 5): lower "
-                "train.samples_per_class or k, or use pairs: per_anchor"
-            )
+        if self.pairs == "all":
+            check_negative_combinations(samples_per_class, self.k, num_classes, "train.samples_per_class")
 
     def compute_loss(self, embeddings, labels):
         similarities = embeddings @ embeddings.T

@@ -37,7 +37,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from cytodml.config import checked
+from cytodml.config import MIN_SAMPLES_PER_CLASS, checked
 from cytodml.errors import InputError
 from cytodml.io import atomic_path
 from cytodml.learn.embed import (
@@ -226,7 +226,7 @@ def resolve_samples_per_class(spec: dict, loss) -> int:
     needed = loss.samples_per_class_min
     if needed == 0:
         return 0
-    chosen = spec.get("samples_per_class", max(2, needed))
+    chosen = spec.get("samples_per_class", max(MIN_SAMPLES_PER_CLASS, needed))
     if isinstance(chosen, bool) or not isinstance(chosen, int) or chosen < needed:
         raise InputError(f"train.samples_per_class: {chosen!r}, but the loss needs at least {needed} per class")
     return chosen
