@@ -11,7 +11,7 @@ Two sides per data set, loss and trial, on the same training, validation and tes
   cross-entropy; ``torch.manual_seed`` (and numpy's global seed, which PML's sampler draws from) per model;
 - workflow: :func:`cytodml.learn.trainer.train` with the preset's ``network:`` and ``train:`` blocks (read through
   :func:`cytodml.config.validate_config`, so defaults are filled, then ``--network-override`` /
-  ``--recipe-override`` merged in) and a loss of its ``losses:``, on the training images grown by the preset's
+  ``--recipe-override`` merged in) and a loss of its ``losses:`` (``--loss-override`` merged in by name), on the training images grown by the preset's
   ``augment:`` block as scripts/augment.py does (BloodMNIST ``count: 0``: none; Jurkat: 6 000), the seed
   ``trial_seed(preset seed, data set, trial)`` as scripts/train.py; embeddings by :func:`cytodml.learn.embed.embed`.
 
@@ -238,7 +238,7 @@ def load_case(name: str, trials: int | None, overrides: dict) -> Case:
         network=merged(experiment["network"], overrides["network"]),
         train=merged(experiment["train"], overrides["train"]),
         augment=merged(experiment["augment"], overrides["augment"]),
-        losses=config["losses"],
+        losses=merged(config["losses"], overrides["losses"]),
     )
 
 
@@ -526,6 +526,7 @@ def parse_args():
     parser.add_argument("--recipe-override", type=json_dict, default={}, help="JSON merged into the train: block")
     parser.add_argument("--network-override", type=json_dict, default={}, help="JSON merged into the network: block")
     parser.add_argument("--augment-override", type=json_dict, default={}, help="JSON merged into the augment: block")
+    parser.add_argument("--loss-override", type=json_dict, default={}, help="JSON merged into losses:, by loss name")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="1 trial, 2 epochs (plain BloodMNIST: 30 steps)")
     parser.add_argument("--verbose", action="store_true", help="print the trainer's per-epoch log")
@@ -542,7 +543,12 @@ def main():
         return
     torch.set_num_threads(args.threads)
     device = choose_device()
-    overrides = {"train": args.recipe_override, "network": args.network_override, "augment": args.augment_override}
+    overrides = {
+        "train": args.recipe_override,
+        "network": args.network_override,
+        "augment": args.augment_override,
+        "losses": args.loss_override,
+    }
     cases = [load_case(name, args.trials, overrides) for name in args.datasets]
     for case in cases:
         unknown = [loss for loss in args.losses if loss not in case.losses]

@@ -1,4 +1,4 @@
-"""Embed every patch of one trial's split (train, val, test, unknown, pool) with a trained network."""
+"""Embed the patches of one trial's split (train, val, test, unknown; not a few-shot pool) with a trained network."""
 
 import numpy as np
 import pandas as pd

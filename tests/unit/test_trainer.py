@@ -320,8 +320,8 @@ def test_embed_gives_probabilities_for_softmax_only(data, reference):
 
 def test_embedding_table_rows_follow_the_split(data, reference):
     patches = np.concatenate([data["xv"], data["xv"][:, ::-1]], axis=1)  # four channels; the model reads 0 and 1
-    split = pd.DataFrame({"index": [5, 2, 9], "subset": ["test", "train", "unknown"], "class_name": ["b", "a", "x"],
-                          "label": [1, 0, 3]})  # fmt: skip
+    split = pd.DataFrame({"index": [5, 2, 9, 0], "subset": ["test", "train", "unknown", "pool"],
+                          "class_name": ["b", "a", "x", "a"], "label": [1, 0, 3, 0]})  # fmt: skip
     table = embedding_table(load_model(reference[0]), patches, split, channels=[0, 1])
     assert table["index"].tolist() == [2, 5, 9] and table["subset"].tolist() == ["train", "test", "unknown"]
     expected = embed(reference[0], data["xv"][[2, 5, 9]])["embedding"]

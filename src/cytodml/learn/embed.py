@@ -210,14 +210,15 @@ def embed(bundle_or_model, images: np.ndarray, batch_size: int = 256, blocks: bo
 
 
 def embedding_table(model, patches: np.ndarray, split: pd.DataFrame, channels: list[int], chunk: int = 4096):
-    """The embed stage's table: one row per patch of the split, in patch order.
+    """The embed stage's table: one row per patch of the split, in patch order, except the ``pool`` (a few-shot
+    trial's training images not drawn), which nothing downstream reads and which can be most of a data set.
 
     Columns ``index``, ``subset``, ``class_name``, ``label`` (the data set's label) from the split, ``embedding``
     (a list of D floats) and, for a softmax model, ``probability`` (K floats, in the model's ``class_names`` order).
     ``model`` is the triple of :func:`load_model`; ``patches`` the data set's N x C x S x S array (a memory map is
     read ``chunk`` patches at a time); ``channels`` the experiment's channel positions.
     """
-    rows = split.sort_values("index", kind="stable").reset_index(drop=True)
+    rows = split[split["subset"] != "pool"].sort_values("index", kind="stable").reset_index(drop=True)
     parts = []
     for start in range(0, len(rows), chunk):
         index = rows["index"].to_numpy()[start : start + chunk]
