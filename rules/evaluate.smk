@@ -52,7 +52,6 @@ rule aggregate:
         runtime=10,
     params:
         # what the recommended model is chosen by (cytodml.evaluate.recommend)
-        recommend=experiment_keys(("protocol", "shots", "targets", "classifiers")),
-        seed=config["seed"],
+        recommend=experiment_keys(("targets", "classifiers")),
     script:
         "../scripts/aggregate.py"

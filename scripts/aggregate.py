@@ -27,13 +27,7 @@ with logged(snakemake.log[0]) as log:
         ignore_index=True,
     )
     ranking = rank_models(
-        validation_scores(
-            predictions,
-            settings["classifiers"],
-            [label_of[name] for name in settings["targets"]],
-            per_class=settings.get("shots") if settings["protocol"] == "fewshot" else None,
-            seed=snakemake.params.seed,
-        )
+        validation_scores(predictions, settings["classifiers"], [label_of[name] for name in settings["targets"]])
     )
     write_tables(
         aggregated,

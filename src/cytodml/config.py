@@ -179,11 +179,6 @@ def validate_config(config: dict, list_classes=None) -> dict:
     """The study config with every default filled in, after the schema's checks, :func:`check_config`'s and, where
     it has a ``predict:`` block, :func:`check_predict_config`'s; ``list_classes`` as for :func:`check_config`."""
     filled = checked("config", config)
-    for experiment in filled["experiments"].values():
-        # the one default that copies another key: model selection in the fewshot protocol sees no more labels per
-        # class than training does (../shared/DESIGN.md)
-        if experiment["protocol"] == "fewshot" and "shots" in experiment:
-            experiment["train"].setdefault("monitor_per_class", experiment["shots"])
     check_config(filled, list_classes=list_classes)
     if "predict" in filled:
         check_predict_config(filled, list_classes=list_classes)

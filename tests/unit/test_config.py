@@ -220,11 +220,6 @@ def test_documented_defaults_by_protocol_and_network():
         experiment = validate_config(study(protocol, "small", augment={"flips": False}))["experiments"]["study"]
         assert experiment["augment"]["count"] == count and experiment["augment"]["flips"] is False
         assert experiment["fractions"]["train"] == fractions
-    # model selection in the fewshot protocol sees at most the shots per class; elsewhere no per-class cap
-    assert validate_config(study("fewshot", "small"))["experiments"]["study"]["train"]["monitor_per_class"] == 5
-    assert "monitor_per_class" not in validate_config(study("full", "small"))["experiments"]["study"]["train"]
-    fewshot = validate_config(study("fewshot", "small", train={"monitor_per_class": 2}))["experiments"]["study"]
-    assert fewshot["train"]["monitor_per_class"] == 2
     for network, dim in (("luo2021", 2), ("small", 2), ("gupta2019", 128), ("timm", 128)):
         experiment = validate_config(study("full", network))["experiments"]["study"]
         assert experiment["network"]["embedding_dim"] == dim, network

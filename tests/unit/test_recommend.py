@@ -90,13 +90,6 @@ def test_ties_go_to_the_lower_std_then_to_the_names():
     ]
 
 
-def test_fewshot_counts_at_most_shots_validation_images_per_class():
-    predictions = stacked(*(trial_predictions(loss, 0, "gmm", val_wrong=3) for loss in ("a", "b")))
-    scores = validation_scores(predictions, CLASSIFIERS, TARGETS, per_class=4, seed=1)
-    assert (scores["images"] == 12).all()
-    assert scores.loc[0, "value"] == scores.loc[1, "value"]  # the same images for every loss
-
-
 def test_no_validation_images_no_recommendation(tmp_path):
     predictions = trial_predictions("a", 0, "gmm", val_wrong=0)
     ranking = rank_models(validation_scores(predictions[predictions["subset"] == "test"], CLASSIFIERS, TARGETS))
@@ -111,10 +104,3 @@ def test_no_validation_images_no_recommendation(tmp_path):
     assert read_recommended(path, "tiny")["loss"] == "arcface"
     with pytest.raises(InputError, match="'arcface', which is not among the experiment's"):
         read_recommended(path, "tiny", losses=["softmax", "triplet"])
-
-
-def test_fewshot_cap_holds_per_trial_where_the_trials_share_their_validation_images():
-    shared = pd.DataFrame({"index": np.arange(40), "label": np.repeat([0, 1], 20), "subset": "val"})
-    trials = [shared.assign(trial=t, loss="triplet", classifier="knn", predicted=shared["label"]) for t in range(5)]
-    scores = validation_scores(pd.concat(trials), ["knn"], per_class=3, seed=0)
-    assert scores["images"].tolist() == [6] * 5  # 3 per class in each trial, not the union of the trials' draws

@@ -181,14 +181,43 @@ FEWSHOT = {"protocol": "fewshot", "shots": 5}
 def test_fewshot_fixed_split_new_draw_per_trial():
     patches = make_patches({"a": 40, "b": 60, "c": 50})
     tables = [split(patches, trial=t, **FEWSHOT)[0] for t in range(3)]
-    side = [t["subset"].replace({"pool": "train"}) for t in tables]
-    assert side[0].equals(side[1]) and side[0].equals(side[2])  # same train side, val and test every trial
+    # the fixed split, the one the episodic protocol keeps (same seed, no trial)
+    fixed = split(patches, trial=0, protocol="episodic", fractions={"train": 0.48, "val": 0.12, "test": 0.40})[0]
+    whole = fixed["subset"]
+    for table in tables:  # drawn from the same training and validation sides, the same test side every trial
+        assert (whole[table["subset"] == "train"] == "train").all() and (whole[table["subset"] == "val"] == "val").all()
+        assert (
+            table["subset"][whole == "test"].eq("test").all()
+            and (table["subset"] == "test").sum() == (whole == "test").sum()
+        )
     drawn = [set(t["index"][t["subset"] == "train"]) for t in tables]
     assert drawn[0] != drawn[1] and drawn[1] != drawn[2]
     for table in tables:
         assert table[table["subset"] == "train"]["class_name"].value_counts().to_dict() == {"a": 5, "b": 5, "c": 5}
-        assert (table["subset"] == "pool").sum() == (side[0] == "train").sum() - 15
+        assert (table["subset"] == "pool").sum() == whole.isin(["train", "val"]).sum() - 15 - (
+            table["subset"] == "val"
+        ).sum()
     pd.testing.assert_frame_equal(tables[1], split(patches, trial=1, **FEWSHOT)[0])
+
+
+def test_fewshot_validation_keeps_at_most_shots_per_class_drawn_per_trial():
+    """Model and classifier selection see no more labels per class than training (../shared/DESIGN.md): the fixed
+    split's validation side keeps ``shots`` images per class (all of a smaller class), a new draw each trial, the rest
+    joins the pool; the training draw is the same as with the validation side left whole."""
+    patches = make_patches({"a": 120, "b": 200, "small": 24})
+    tables = [split(patches, trial=t, **FEWSHOT)[0] for t in range(2)]
+    fixed = split(patches, trial=0, protocol="episodic", fractions={"train": 0.48, "val": 0.12, "test": 0.40})[0]
+    whole = fixed.set_index("index")["subset"]
+    for table in tables:
+        val = table[table["subset"] == "val"]
+        assert val["class_name"].value_counts().to_dict() == {"a": 5, "b": 5, "small": 3}
+        assert (whole[val["index"]] == "val").all()
+        pooled = table[table["subset"] == "pool"]
+        assert set(whole[pooled["index"]]) == {"train", "val"}
+        assert len(pooled) + (table["subset"].isin(["train", "val"])).sum() == whole.isin(["train", "val"]).sum()
+    assert set(tables[0]["index"][tables[0]["subset"] == "val"]) != set(
+        tables[1]["index"][tables[1]["subset"] == "val"]
+    )
 
 
 def test_fewshot_too_few_for_shots():

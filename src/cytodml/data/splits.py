@@ -4,7 +4,8 @@ What a trial is depends on the protocol (docs/architecture.md):
 
 - ``full`` (rare bioparticles, HEp-2 mitosis): a new stratified split per trial.
 - ``fewshot`` (constellation loss): one fixed split for all trials; trial t draws ``shots`` training images per class
-  (subset ``train``), the rest of the training side becomes ``pool``.
+  (subset ``train``) and at most ``shots`` validation images per class (``val``: model and classifier selection see
+  no more labels per class than training, ../shared/DESIGN.md); the rest of both sides becomes ``pool``.
 - ``episodic`` (Siamese blood cells): one fixed split, 6/6/88 by default, the same table for every trial.
 
 Open-set classes never enter train or val: all their images get subset ``unknown`` (test side).
@@ -272,7 +273,8 @@ def _official_split(patches: pd.DataFrame, open_set: list[str]) -> tuple[pd.Data
 def _draw_shots(
     table: pd.DataFrame, shots: int, drop_small: bool, rng: np.random.Generator
 ) -> tuple[pd.DataFrame, list[str]]:
-    """Few-shot trial: ``shots`` training images per class become ``train``, the rest of the training side ``pool``."""
+    """Few-shot trial: ``shots`` training images per class become ``train`` and at most ``shots`` validation images per
+    class stay ``val``; the rest of both sides becomes ``pool``."""
     training = table["subset"] == "train"
     known = sorted(set(table["class_name"][table["subset"] != "unknown"]))
     counts = table["class_name"][training].value_counts()
@@ -289,10 +291,13 @@ def _draw_shots(
         table = table[~table["class_name"].isin(short)].reset_index(drop=True)
         training = table["subset"] == "train"
         known = [name for name in known if name not in short]
-    subset = np.where(training, "pool", table["subset"]).astype(object)
-    for name in known:
-        candidates = np.flatnonzero(training & (table["class_name"] == name))
-        subset[rng.choice(candidates, shots, replace=False)] = "train"
+    validation = table["subset"] == "val"
+    subset = np.where(training | validation, "pool", table["subset"]).astype(object)
+    # every training draw before any validation one, so a trial's training images do not depend on the validation side
+    for side, drawn in ((training, "train"), (validation, "val")):
+        for name in known:
+            candidates = np.flatnonzero(side & (table["class_name"] == name))
+            subset[rng.choice(candidates, min(shots, len(candidates)), replace=False)] = drawn
     return table.assign(subset=subset), report
 
 

@@ -11,8 +11,8 @@ deviation over trials, then to the loss and classifier names in alphabetical ord
 Only validation images are read, never test ones: the test images report what the chosen model does, and choosing on
 them would make that report optimistic. An experiment whose trials scored no validation image (an official split that
 ships none) has no recommended model, and nothing falls back on test: ``predict`` then needs the loss and classifier
-named. In the fewshot protocol at most ``shots`` validation images per class count (a seeded draw per trial, the same
-for every loss and classifier): model selection there sees no more labels per class than training does.
+named. In the fewshot protocol the split keeps at most ``shots`` validation images per class in each trial
+(:mod:`cytodml.data.splits`), so model selection there sees no more labels per class than training does.
 """
 
 import numpy as np
@@ -20,7 +20,6 @@ import pandas as pd
 
 from cytodml.errors import InputError, require_columns
 from cytodml.evaluate.metrics import binary_metrics, multiclass_metrics
-from cytodml.learn.monitor import stratified_subsample
 
 __all__ = ["RULE", "rank_models", "read_recommended", "score_name", "validation_scores"]
 
@@ -42,14 +41,7 @@ def score_name(targets) -> tuple[str, str]:
     return ("binary", "mcc") if len(targets) else ("multiclass", "balanced_accuracy")
 
 
-def validation_scores(
-    predictions: pd.DataFrame,
-    classifiers,
-    target_labels=(),
-    *,
-    per_class: int | None = None,
-    seed: int = 0,
-) -> pd.DataFrame:
+def validation_scores(predictions: pd.DataFrame, classifiers, target_labels=()) -> pd.DataFrame:
     """Each (loss, trial, classifier)'s score on the trial's validation images: columns ``loss``, ``trial``,
     ``classifier``, ``view``, ``metric``, ``value``, ``images``.
 
@@ -57,16 +49,13 @@ def validation_scores(
     columns; rows of other subsets and of classifiers not in ``classifiers`` are left out. ``target_labels`` (data-set
     labels) choose the score (:func:`score_name`): the MCC of targets against the rest at the arg-max, 0 where it is
     undefined (a classifier that calls every validation image a target, or none: no correlation), or the balanced
-    accuracy. ``per_class``: at most this many validation images of each class count, drawn per trial with
-    ``seed`` (the same images for every loss and classifier). A trial without validation images has no row.
+    accuracy. A trial without validation images has no row.
     """
     require_columns(
         predictions, ["loss", "trial", "classifier", "subset", "index", "label", "predicted"], "predictions"
     )
     view, metric = score_name(target_labels)
     rows = predictions[(predictions["subset"] == VALIDATION) & predictions["classifier"].isin(list(classifiers))]
-    if per_class is not None:
-        rows = rows[_drawn(rows, per_class, seed)]
     scores = []
     for (loss, trial, classifier), group in rows.groupby(["loss", "trial", "classifier"], sort=True):
         truth, predicted = group["label"].to_numpy(), group["predicted"].to_numpy()
@@ -77,18 +66,6 @@ def validation_scores(
             value = multiclass_metrics(truth, predicted, np.union1d(truth, predicted))[metric]
         scores.append((loss, trial, classifier, view, metric, float(value), len(group)))
     return pd.DataFrame(scores, columns=["loss", "trial", "classifier", "view", "metric", "value", "images"])
-
-
-def _drawn(rows: pd.DataFrame, per_class: int, seed: int) -> pd.Series:
-    """Which rows belong to the at most ``per_class`` validation images per class drawn in their trial (with ``seed``
-    and the trial: the same images for every loss and classifier of a trial). Drawn per trial, so that a validation
-    set shared by the trials (the fewshot protocol's) still counts ``per_class`` images in each."""
-    kept = []
-    images = rows[["trial", "index", "label"]].drop_duplicates().sort_values(["trial", "index"])
-    for trial, of_trial in images.groupby("trial", sort=True):
-        drawn = stratified_subsample(of_trial["label"].to_numpy(), None, per_class, seed + int(trial))
-        kept.extend((trial, index) for index in of_trial["index"].to_numpy()[drawn])
-    return pd.Series(list(zip(rows["trial"], rows["index"])), index=rows.index).isin(kept)
 
 
 def rank_models(scores: pd.DataFrame) -> pd.DataFrame:
