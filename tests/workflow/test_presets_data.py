@@ -41,9 +41,11 @@ def test_jurkat_montages_to_augmented(shared_data, workdir):
 def test_bloodmnist_keeps_its_official_split(shared_data, workdir):
     patches, split = run_data_stages(workdir, "bloodmnist.yaml", "bloodmnist-fewshot")
     assert patches["official_subset"].value_counts().to_dict() == BLOODMNIST_OFFICIAL
-    subsets = split["subset"].value_counts().to_dict()
-    assert subsets["val"] == BLOODMNIST_OFFICIAL["val"] and subsets["test"] == BLOODMNIST_OFFICIAL["test"]
-    assert split.loc[split["subset"] == "train"].groupby("class_name").size().eq(20).all()  # 20 shots per class
+    assert split["subset"].value_counts()["test"] == BLOODMNIST_OFFICIAL["test"]
+    official = split.merge(patches[["index", "official_subset"]], on="index").set_index("index")["official_subset"]
+    for side in ("train", "val"):  # 20 shots per class, and as many validation images, each from its official side
+        drawn = split[split["subset"] == side]
+        assert drawn.groupby("class_name").size().eq(20).all() and (official[drawn["index"]] == side).all()
 
 
 def test_pbc_jpegs_with_duplicates_on_one_side(shared_data, workdir):
