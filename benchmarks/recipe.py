@@ -77,7 +77,7 @@ from sklearn.metrics import balanced_accuracy_score, matthews_corrcoef
 from sklearn.model_selection import train_test_split
 from torch import nn
 
-from cytodml.config import channel_indices, checked, load_config, validate_config
+from cytodml.config import channel_indices, checked, load_config, loss_train, validate_config
 from cytodml.data.augment import augment
 from cytodml.data.patching import make_patches
 from cytodml.data.sources import ingest
@@ -408,7 +408,8 @@ def run_workflow(case: Case, loss: str, trial: int, args, device) -> dict:
     draw = case.draws[trial]
     seed = trial_seed(case.seed, case.dataset, trial)
     train_images, table = augment(case.images[draw.train], case.labels[draw.train], draw.train, case.augment, seed)
-    train_spec = {**case.train, "epochs": 2} if args.quick else case.train
+    train_spec = loss_train(case.train, case.losses[loss])
+    train_spec = {**train_spec, "epochs": 2} if args.quick else train_spec
     bundle, history = train(
         train_images,
         table["label"].to_numpy(),

@@ -11,6 +11,7 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 from cytodml.config import (
     channel_indices,
     dump_source,
+    loss_train,
     predict_settings,
     resolve_source,
     synthetic_dump,
@@ -69,7 +70,7 @@ SPLIT_KEYS = (
     "drop_small_classes",
     "open_set",
 )
-TRAIN_KEYS = ("network", "train", "channels")
+TRAIN_KEYS = ("network", "channels")
 EVALUATE_KEYS = (
     "protocol",
     "classifiers",
@@ -90,6 +91,11 @@ def experiment_keys(keys):
         return {key: experiment[key] for key in keys if key in experiment}
 
     return settings
+
+
+def train_settings(wildcards):
+    """The train: block of one experiment x loss: the experiment's, with the loss's own train: keys merged in."""
+    return loss_train(EXPERIMENTS[wildcards.experiment]["train"], LOSSES[wildcards.loss])
 
 
 def trials(experiment):

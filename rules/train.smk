@@ -29,6 +29,7 @@ rule train:
         runtime=240,
     params:
         experiment=experiment_keys(TRAIN_KEYS),
+        train=train_settings,
         loss=lambda wildcards: LOSSES[wildcards.loss],
         dataset_channels=lambda wildcards: DATASETS[dataset_of(wildcards)]["channels"],
         dataset=dataset_of,

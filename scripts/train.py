@@ -42,7 +42,7 @@ with logged(snakemake.log[0]) as log:
         val_labels,
         network=experiment["network"],
         loss_spec=snakemake.params.loss,
-        train_spec=experiment["train"],
+        train_spec=snakemake.params.train,
         class_names=class_names,
         channel_names=[snakemake.params.dataset_channels[index] for index in channels],
         seed=trial_seed(snakemake.params.seed, snakemake.params.dataset, int(snakemake.wildcards.trial)),

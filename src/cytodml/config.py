@@ -263,6 +263,8 @@ def _check_experiment(config: dict, key: str, experiment: dict) -> dict:
     for index, loss in enumerate(experiment["losses"]):
         if loss not in losses:
             raise InputError(f"{key}.losses[{index}]: unknown loss '{loss}' (known: {sorted(losses)})")
+        if "train" in losses[loss]:
+            checked("train", loss_train(experiment["train"], losses[loss]), f"losses.{loss}.train")
     for index, channel in enumerate(experiment.get("channels", [])):
         if channel not in dataset["channels"]:
             raise InputError(
@@ -296,9 +298,23 @@ def _check_classes(key: str, experiment: dict, classes: list[str], losses: dict)
     for name in experiment["losses"]:
         loss = losses[name]
         if loss["type"] == "constellation" and loss["pairs"] == "all":
-            samples_per_class = experiment["train"].get("samples_per_class", MIN_SAMPLES_PER_CLASS)
+            train = loss_train(experiment["train"], loss)
+            samples_per_class = train.get("samples_per_class", MIN_SAMPLES_PER_CLASS)
             where = f"{key}.train.samples_per_class (loss '{name}')"
             check_negative_combinations(samples_per_class, loss["k"], len(known), where)
+
+
+def loss_train(train: dict, loss: dict) -> dict:
+    """The ``train:`` block a loss trains with: the experiment's, with the loss's own ``train:`` keys merged in key by
+    key (nested blocks such as ``augment`` too)."""
+    return _merged(train, loss.get("train", {}))
+
+
+def _merged(block: dict, override: dict) -> dict:
+    out = copy.deepcopy(block)
+    for key, value in override.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
 def check_negative_combinations(samples_per_class: int, k: int | str, num_classes: int, where: str) -> None:

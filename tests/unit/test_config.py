@@ -100,6 +100,24 @@ def test_cross_references_name_the_key(config, edit, key):
         validate_config(broken, list_classes=list_classes)
 
 
+def test_a_loss_trains_with_the_experiments_train_block_and_its_own_keys(config):
+    from cytodml.config import loss_train
+
+    experiment_train = {"epochs": 10, "lr": 0.003, "augment": {"dihedral": True, "noise": {"p": 0, "sigma": 0.1}}}
+    loss = {"type": "constellation", "train": {"epochs": 80, "augment": {"noise": {"p": 0.5}}}}
+    assert loss_train(experiment_train, loss) == {
+        "epochs": 80, "lr": 0.003, "augment": {"dihedral": True, "noise": {"p": 0.5, "sigma": 0.1}}
+    }  # fmt: skip
+    assert loss_train(experiment_train, {"type": "softmax"}) == experiment_train
+    broken = copy.deepcopy(config)
+    broken["losses"]["triplet"]["train"] = {"epochz": 80}
+    with pytest.raises(InputError, match=r"losses\.triplet\.train.*epochz"):
+        validate_config(broken)
+    fine = copy.deepcopy(config)
+    fine["losses"]["triplet"]["train"] = {"epochs": 80}
+    assert validate_config(fine)["losses"]["triplet"]["train"] == {"epochs": 80}  # no defaults filled into it
+
+
 def test_paper_pairs_are_checked_against_the_known_classes_before_any_job(config):
     """4 known classes (pollen is open set): K = min(3, 3) = 3, so 4 per class gives 64 < 100, 5 gives 125; without
     the class list (not knowable before ingest) the trainer's check is the one that applies."""

@@ -67,6 +67,8 @@ def test_every_loss_of_the_default_config_builds_with_the_papers_settings(repo_r
     for name, loss in built.items():
         assert (loss.normalize_embeddings, loss.samples_per_class_min) == expected[losses[name]["type"]], name
     assert built["constellation-k3"].k == 3
+    # a loss's own train: keys are the trainer's (cytodml.config.loss_train), never a parameter of the loss
+    assert build_loss({"type": "constellation", "k": 5, "train": {"epochs": 80}}, num_classes=8, embedding_dim=2).k == 5
     assert built["triplet"].margin == 1.5 and built["triplet"].mining == "semihard" and built["triplet"].squared
     assert [p.shape for p in built["softmax"].parameters()] == [torch.Size([5, 2]), torch.Size([5])]
     assert not list(built["triplet"].parameters())
@@ -98,7 +100,8 @@ def loss_of(kind: str, **parameters):
 
 
 def test_the_schema_names_every_parameter_and_the_classes_keep_no_defaults(repo_root):
-    """The schema's branch per loss type lists exactly the class's parameters, and only the schema holds defaults."""
+    """The schema's branch per loss type lists exactly the class's parameters (and ``train``, the trainer's keys for
+    that loss), and only the schema holds defaults."""
     schema = yaml.safe_load((repo_root / "schemas" / "config.schema.yaml").read_text())
     per_type = {
         branch["if"]["properties"]["type"]["const"]: branch["then"] for branch in schema["$defs"]["loss"]["allOf"]
@@ -109,7 +112,7 @@ def test_the_schema_names_every_parameter_and_the_classes_keep_no_defaults(repo_
             name: p for name, p in inspect.signature(LOSS_TYPES[kind]).parameters.items()
             if name not in ("num_classes", "embedding_dim")
         }  # fmt: skip
-        assert set(then["properties"]) - {"type"} == set(parameters), kind
+        assert set(then["properties"]) - {"type", "train"} == set(parameters), kind
         assert all(p.default is inspect.Parameter.empty for p in parameters.values()), kind
 
 

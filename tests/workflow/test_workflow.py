@@ -129,6 +129,11 @@ def test_tiny_study_end_to_end(tiny_run, tiny_config):
         augmented = pd.read_parquet(tiny_run / f"results/tiny/augmented/t{trial}.parquet")
         assert len(augmented) == experiment["augment"]["count"]
         assert set(augmented["source_index"]) <= set(split.loc[split["subset"] == "train", "index"])
+    # the constellation loss's own train: {epochs: 3} replaces the experiment's 2 for that loss only
+    epochs = {
+        loss: len(pd.read_csv(tiny_run / f"results/tiny/models/{loss}/t0.history.csv")) for loss in experiment["losses"]
+    }
+    assert epochs == {"softmax": 2, "triplet": 2, "constellation-k3": 3}
 
 
 def test_rerun_does_nothing(tiny_run, tiny_config):

@@ -439,7 +439,8 @@ def build_loss(spec: dict, num_classes: int, embedding_dim: int, *, name: str | 
     where = f"losses.{name}" if name is not None else "losses.<entry>"
     spec = checked("loss", spec, where)
     cls = LOSS_TYPES[spec["type"]]
-    parameters = {key: value for key, value in spec.items() if key != "type"}
+    # train: is the loss's share of the trainer's settings (cytodml.config.loss_train), not a parameter of the loss
+    parameters = {key: value for key, value in spec.items() if key not in ("type", "train")}
     accepted = inspect.signature(cls).parameters
     sizes = {"num_classes": num_classes, "embedding_dim": embedding_dim}
     try:
