@@ -95,7 +95,9 @@ def experiment_keys(keys):
 
 def train_settings(wildcards):
     """The train: block of one experiment x loss: the experiment's, with the loss's own train: keys merged in."""
-    return loss_train(EXPERIMENTS[wildcards.experiment]["train"], LOSSES[wildcards.loss])
+    return loss_train(
+        EXPERIMENTS[wildcards.experiment]["train"], LOSSES[wildcards.loss]
+    )
 
 
 def trials(experiment):
