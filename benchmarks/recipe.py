@@ -77,7 +77,7 @@ from sklearn.metrics import balanced_accuracy_score, matthews_corrcoef
 from sklearn.model_selection import train_test_split
 from torch import nn
 
-from cytodml.config import channel_indices, checked, load_config, loss_train, validate_config
+from cytodml.config import channel_indices, checked, load_config, loss_train, merged, validate_config
 from cytodml.data.augment import augment
 from cytodml.data.patching import make_patches
 from cytodml.data.sources import ingest
@@ -240,14 +240,6 @@ def load_case(name: str, trials: int | None, overrides: dict) -> Case:
         augment=merged(experiment["augment"], overrides["augment"]),
         losses=merged(config["losses"], overrides["losses"]),
     )
-
-
-def merged(block: dict, override: dict) -> dict:
-    """``block`` with ``override`` merged in, nested dicts key by key."""
-    out = copy.deepcopy(block)
-    for key, value in override.items():
-        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
 
 
 # ------------------------------------------------------------------------------------------------------- scoring

@@ -300,20 +300,24 @@ def _check_classes(key: str, experiment: dict, classes: list[str], losses: dict)
         if loss["type"] == "constellation" and loss["pairs"] == "all":
             train = loss_train(experiment["train"], loss)
             samples_per_class = train.get("samples_per_class", MIN_SAMPLES_PER_CLASS)
-            where = f"{key}.train.samples_per_class (loss '{name}')"
+            own = "samples_per_class" in loss.get("train", {})
+            where = (
+                f"losses.{name}.train.samples_per_class" if own else f"{key}.train.samples_per_class (loss '{name}')"
+            )
             check_negative_combinations(samples_per_class, loss["k"], len(known), where)
 
 
 def loss_train(train: dict, loss: dict) -> dict:
     """The ``train:`` block a loss trains with: the experiment's, with the loss's own ``train:`` keys merged in key by
     key (nested blocks such as ``augment`` too)."""
-    return _merged(train, loss.get("train", {}))
+    return merged(train, loss.get("train", {}))
 
 
-def _merged(block: dict, override: dict) -> dict:
+def merged(block: dict, override: dict) -> dict:
+    """A copy of ``block`` with ``override`` merged in, nested dicts key by key."""
     out = copy.deepcopy(block)
     for key, value in override.items():
-        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        out[key] = merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
     return out
 
 

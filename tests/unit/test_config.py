@@ -129,6 +129,11 @@ def test_paper_pairs_are_checked_against_the_known_classes_before_any_job(config
     unknown_classes = copy.deepcopy(config)
     paper_pairs_at(5)(unknown_classes)
     validate_config(unknown_classes, list_classes=lambda source: None)
+    own = copy.deepcopy(config)  # the loss's own train: keys are named where they are set
+    paper_pairs_at(4)(own)
+    own["losses"]["constellation-k3"]["train"] = {"samples_per_class": 5}
+    with pytest.raises(InputError, match=r"losses\.constellation-k3\.train\.samples_per_class: .*= 125"):
+        validate_config(own, list_classes=list_classes)
 
 
 # ---- one owner of every default ---------------------------------------------------------------------------------
