@@ -9,10 +9,13 @@ from snakemake.exceptions import WorkflowError
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 
 from cytodml.config import (
+    SPLIT_KEYS,
     channel_indices,
     dump_source,
     loss_train,
     predict_settings,
+    pretrain_scope,
+    pretrain_trials,
     resolve_source,
     synthetic_dump,
     validate_config,
@@ -43,6 +46,7 @@ wildcard_constraints:
     experiment=_alternatives(EXPERIMENTS),
     loss=_alternatives(LOSSES),
     trial=r"\d+",
+    scope=r"all|t\d+",
 
 
 # ---- config lookups shared by rules ----------------------------------------------------------------------------
@@ -61,15 +65,8 @@ def experiment_of(wildcards):
 
 
 # The experiment keys each stage reads: a rule's params hold only these, so editing one key (adding a loss, changing
-# a classifier) reruns the stages that read it and nothing upstream.
-SPLIT_KEYS = (
-    "protocol",
-    "fractions",
-    "shots",
-    "official_split",
-    "drop_small_classes",
-    "open_set",
-)
+# a classifier) reruns the stages that read it and nothing upstream. SPLIT_KEYS come from cytodml.config, whose
+# baseline: check needs them too.
 TRAIN_KEYS = ("network", "channels")
 EVALUATE_KEYS = (
     "protocol",
@@ -102,6 +99,35 @@ def train_settings(wildcards):
 
 def trials(experiment):
     return range(EXPERIMENTS[experiment]["trials"])
+
+
+def init_of(wildcards):
+    """The encoder a training starts from: the experiment's own pretraining of the trial's scope, or the file
+    network.init names (another experiment's pretraining is built first); nothing for random weights.
+    """
+    experiment = experiment_of(wildcards)
+    init = experiment["network"].get("init")
+    if init is None:
+        return {}
+    if init != "pretrain":
+        return {"init": init}
+    scope = pretrain_scope(experiment, int(wildcards.trial))
+    return {"init": f"results/{wildcards.experiment}/pretrain/{scope}.pt"}
+
+
+def pretrain_inputs(wildcards):
+    """The splits of the trials a pretraining serves (it reads only what none of them tests) and the extra data
+    sets' patches."""
+    experiment = experiment_of(wildcards)
+    extra = experiment["pretrain"]["extra"]
+    return {
+        "splits": [
+            f"results/{wildcards.experiment}/splits/t{trial}.parquet"
+            for trial in pretrain_trials(experiment, wildcards.scope)
+        ],
+        "extra_npy": [f"results/{name}/patches.npy" for name in extra],
+        "extra_table": [f"results/{name}/patches.parquet" for name in extra],
+    }
 
 
 # ---- input functions -----------------------------------------------------------------------------------------------
@@ -174,7 +200,17 @@ def trial_evaluations(wildcards):
         ]
         for file in files
     }
-    return evaluations | {"patches": patches_of(wildcards)["table"]}
+    evaluations["patches"] = patches_of(wildcards)["table"]
+    if "baseline" in experiment:
+        # the baseline experiment's runs of the losses both train, compared trial by trial (tables' paired.csv)
+        baseline = experiment["baseline"]
+        evaluations["baseline_metrics"] = [
+            f"results/{baseline}/eval/{loss}/t{trial}/metrics.csv"
+            for loss in experiment["losses"]
+            if loss in EXPERIMENTS[baseline]["losses"]
+            for trial in trials(wildcards.experiment)
+        ]
+    return evaluations
 
 
 # ---- predict: a trained model applied to new samples (rules/predict.smk) -------------------------------------------

@@ -53,5 +53,6 @@ rule aggregate:
     params:
         # what the recommended model is chosen by (cytodml.evaluate.recommend)
         recommend=experiment_keys(("targets", "classifiers")),
+        baseline=lambda wildcards: experiment_of(wildcards).get("baseline"),
     script:
         "../scripts/aggregate.py"

@@ -1,9 +1,51 @@
-# Training of one embedding network per experiment x loss x trial, and the embedding of every patch.
+# Self-supervised pretraining per experiment (or trial), training of one embedding network per experiment x loss x
+# trial, and the embedding of every patch.
+
+
+rule pretrain:
+    input:
+        unpack(patches_of),
+        unpack(pretrain_inputs),
+    output:
+        encoder="results/{experiment}/pretrain/{scope}.pt",
+        history=report(
+            "results/{experiment}/pretrain/{scope}.history.csv",
+            caption="../report/pretrain_history.rst",
+            category="{experiment}",
+            subcategory="training",
+            labels={"loss": "pretraining", "trial": "{scope}", "table": "history"},
+        ),
+    log:
+        "logs/{experiment}/pretrain/{scope}.log",
+    benchmark:
+        "results/benchmarks/{experiment}/pretrain/{scope}.tsv"
+    conda:
+        "../envs/train.yaml"
+    # one job that every loss and trial of the experiment waits for: both cores where there is no GPU
+    threads: 2
+    resources:
+        mem_mb=8000,
+        runtime=480,
+    params:
+        experiment=experiment_keys(TRAIN_KEYS),
+        pretrain=lambda wildcards: experiment_of(wildcards)["pretrain"],
+        dataset_channels=lambda wildcards: DATASETS[dataset_of(wildcards)]["channels"],
+        dataset=dataset_of,
+        extra=lambda wildcards: experiment_of(wildcards)["pretrain"]["extra"],
+        extra_channels=lambda wildcards: {
+            name: DATASETS[name]["channels"]
+            for name in experiment_of(wildcards)["pretrain"]["extra"]
+        },
+        seed=config["seed"],
+        checkpoints=lambda wildcards: f"results/{wildcards.experiment}/checkpoints/pretrain/{wildcards.scope}",
+    script:
+        "../scripts/pretrain.py"
 
 
 rule train:
     input:
         unpack(patches_of),
+        unpack(init_of),
         split="results/{experiment}/splits/t{trial}.parquet",
         augmented="results/{experiment}/augmented/t{trial}.npy",
         augmented_table="results/{experiment}/augmented/t{trial}.parquet",

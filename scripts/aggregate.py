@@ -1,21 +1,31 @@
-"""Mean +- std over trials of every loss x classifier x metric, paired tests against softmax, paper-style tables, and
-the recommended model (the best on the validation images)."""
+"""Mean +- std over trials of every loss x classifier x metric, paired tests against softmax, paper-style tables, the
+recommended model (the best on the validation images), and, with a baseline experiment (input baseline_metrics), the
+per-trial gain over the same losses trained from random weights."""
 
 from pathlib import Path
 
 import pandas as pd
 
 from cytodml.evaluate.recommend import rank_models, validation_scores
-from cytodml.report.tables import aggregate, collect_trials, sum_confusion, write_tables
+from cytodml.report.tables import aggregate, collect_trials, paired_gain, sum_confusion, write_tables
 from cytodml.runlog import logged
 
+
+def trial_dirs_of(paths) -> dict[tuple[str, int], Path]:
+    """``{(loss, trial): eval dir}`` from results/<experiment>/eval/<loss>/t<trial>/metrics.csv paths."""
+    return {(Path(path).parent.parent.name, int(Path(path).parent.name[1:])): Path(path).parent for path in paths}
+
+
 with logged(snakemake.log[0]) as log:
-    trial_dirs = {
-        (Path(path).parent.parent.name, int(Path(path).parent.name[1:])): Path(path).parent
-        for path in snakemake.input.metrics
-    }
+    trial_dirs = trial_dirs_of(snakemake.input.metrics)
     tables = collect_trials(trial_dirs)
     aggregated = aggregate(tables["metrics"])
+    paired = None
+    if snakemake.input.get("baseline_metrics"):
+        baseline = snakemake.params.get("baseline")
+        baseline_metrics = collect_trials(trial_dirs_of(snakemake.input.baseline_metrics))["metrics"]
+        paired = paired_gain(tables["metrics"], baseline_metrics, baseline)
+        log.info("per-trial gain over baseline experiment %s: %d paired rows", baseline, len(paired))
     settings = snakemake.params.recommend
     patches = pd.read_parquet(snakemake.input.patches, columns=["class_name", "label"])
     label_of = dict(zip(patches["class_name"], patches["label"]))
@@ -39,6 +49,7 @@ with logged(snakemake.log[0]) as log:
         per_class=tables["per_class"],
         ranking=ranking,
         experiment=snakemake.wildcards.experiment,
+        paired=paired,
     )
     log.info("tables of %d trials written to %s", len(trial_dirs), snakemake.output.tables)
     if ranking.empty:

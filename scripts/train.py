@@ -9,7 +9,7 @@ import torch
 from cytodml.config import channel_indices
 from cytodml.data.splits import trial_seed
 from cytodml.io import atomic_path, write_csv
-from cytodml.learn.embed import asks_for_gpu, choose_device, describe_device
+from cytodml.learn.embed import asks_for_gpu, choose_device, describe_device, load_encoder
 from cytodml.learn.inputs import training_data
 from cytodml.learn.trainer import train
 from cytodml.runlog import logged
@@ -34,6 +34,9 @@ with logged(snakemake.log[0]) as log:
         len(class_names),
         len(val_images),
     )
+    init = load_encoder(snakemake.input.init) if snakemake.input.get("init") else None
+    if init is not None:
+        log.info("starting from the encoder %s (pretrained on %d images)", snakemake.input.init, init["images"])
     torch.set_num_threads(snakemake.threads)
     bundle, history = train(
         train_images,
@@ -47,6 +50,7 @@ with logged(snakemake.log[0]) as log:
         channel_names=[snakemake.params.dataset_channels[index] for index in channels],
         seed=trial_seed(snakemake.params.seed, snakemake.params.dataset, int(snakemake.wildcards.trial)),
         checkpoint_dir=snakemake.params.checkpoints,
+        init=init,
         log=log.info,
     )
     with atomic_path(snakemake.output.model) as tmp:

@@ -35,6 +35,7 @@ BLOCKS = {
     "experiment": "/$defs/experiment",
     "network": "/$defs/experiment/properties/network",
     "train": "/$defs/experiment/properties/train",
+    "pretrain": "/$defs/pretrain",
     "augment": "/$defs/experiment/properties/augment",
     "classifiers": "/$defs/experiment/properties/classifiers",
     "threshold": "/$defs/experiment/properties/threshold",
@@ -43,6 +44,9 @@ BLOCKS = {
     "alarm": "/$defs/alarm",
     "predict": "/$defs/predict",
 }
+#: the experiment keys that make its split: experiments equal in these (and in data set, seed and trials) draw the
+#: same images for every trial, which a ``baseline:`` comparison needs
+SPLIT_KEYS = ("protocol", "fractions", "shots", "official_split", "drop_small_classes", "open_set")
 #: images of each class in a batch of a metric loss whose ``train.samples_per_class`` is unset and that needs no more
 MIN_SAMPLES_PER_CLASS = 2
 #: Medela & Picon keep spc^K, the negative combinations per positive pair of the constellation loss, under it (eq. 5)
@@ -231,6 +235,7 @@ def check_config(config: dict, list_classes=None) -> None:
     for name, experiment in config["experiments"].items():
         key = f"experiments.{name}"
         dataset = _check_experiment(config, key, experiment)
+        _check_pretraining(config, key, experiment)
         classes = list_classes(resolve_source(experiment["dataset"], dataset)) if list_classes else None
         if classes is not None:
             _check_classes(key, experiment, classes, config["losses"])
@@ -282,6 +287,70 @@ def _check_experiment(config: dict, key: str, experiment: dict) -> dict:
     return dataset
 
 
+def _check_pretraining(config: dict, key: str, experiment: dict) -> None:
+    """``network.init``, ``pretrain:``, losses of type none and ``baseline:`` fit together: a pretrain block is what
+    ``init: pretrain`` starts from, its extra data sets have the experiment's channels and patch size, a loss of type
+    none has a start to keep, and the baseline experiment draws the same images with the same network."""
+    init = experiment["network"].get("init")
+    if init == "pretrain" and "pretrain" not in experiment:
+        raise InputError(f"{key}.network.init: 'pretrain' names the experiment's pretrain: block, which it lacks")
+    if "pretrain" in experiment and init != "pretrain":
+        raise InputError(
+            f"{key}.pretrain: no loss starts from it; set network.init: pretrain (an encoder is reused elsewhere by "
+            "its file path in network.init)"
+        )
+    for index, name in enumerate(experiment["losses"]):
+        if config["losses"][name]["type"] == "none" and init is None:
+            raise InputError(
+                f"{key}.losses[{index}]: loss '{name}' of type none keeps the network as network.init leaves it, "
+                "and this experiment has no network.init"
+            )
+    datasets = config["datasets"]
+    own = datasets[experiment["dataset"]]
+    channels = experiment.get("channels") or own["channels"]
+    for index, name in enumerate(experiment.get("pretrain", {}).get("extra", [])):
+        where = f"{key}.pretrain.extra[{index}]"
+        if name not in datasets:
+            raise InputError(f"{where}: unknown data set '{name}' (known: {sorted(datasets)})")
+        if name == experiment["dataset"]:
+            raise InputError(f"{where}: '{name}' is the experiment's own data set, whose unlabelled images it reads")
+        missing = [channel for channel in channels if channel not in datasets[name]["channels"]]
+        if missing:
+            raise InputError(f"{where}: data set '{name}' lacks the experiment's channel(s) {missing}")
+        if datasets[name]["patch"]["size"] != own["patch"]["size"]:
+            raise InputError(
+                f"{where}: data set '{name}' has patch.size {datasets[name]['patch']['size']}, the experiment's "
+                f"{own['patch']['size']}"
+            )
+    if "baseline" in experiment:
+        _check_baseline(config, key, experiment)
+
+
+def _check_baseline(config: dict, key: str, experiment: dict) -> None:
+    name = experiment["baseline"]
+    experiments = config["experiments"]
+    if name not in experiments:
+        raise InputError(f"{key}.baseline: unknown experiment '{name}' (known: {sorted(experiments)})")
+    other = experiments[name]
+    if other is experiment:
+        raise InputError(f"{key}.baseline: an experiment cannot be its own baseline")
+    differing = [
+        field
+        for field in ("dataset", "trials", "channels", *SPLIT_KEYS)
+        if experiment.get(field) != other.get(field)
+    ]
+    if differing:
+        raise InputError(
+            f"{key}.baseline: experiment '{name}' differs in {differing}, so its trials draw other images; a paired "
+            "comparison needs the same data set, split and trials"
+        )
+    if {k: v for k, v in experiment["network"].items() if k != "init"} != other["network"]:
+        raise InputError(
+            f"{key}.baseline: experiment '{name}' has network {other['network']}; the comparison needs this "
+            "experiment's network without init"
+        )
+
+
 def _check_classes(key: str, experiment: dict, classes: list[str], losses: dict) -> None:
     """Targets and open-set classes are classes of the data set, at least two known classes remain, and the batches
     suit a constellation loss of every positive pair (its check needs the number of classes)."""
@@ -305,6 +374,19 @@ def _check_classes(key: str, experiment: dict, classes: list[str], losses: dict)
                 f"losses.{name}.train.samples_per_class" if own else f"{key}.train.samples_per_class (loss '{name}')"
             )
             check_negative_combinations(samples_per_class, loss["k"], len(known), where)
+
+
+def pretrain_scope(experiment: dict, trial: int) -> str:
+    """The pretraining a trial's losses start from (``network.init: pretrain``): ``all``, one per experiment, where
+    every trial tests the same images (the fewshot and episodic protocols, an official split); ``t<trial>`` where each
+    trial splits anew (the full protocol), so that a trial's pretraining never sees what that trial tests."""
+    fixed = experiment["official_split"] or experiment["protocol"] != "full"
+    return "all" if fixed else f"t{trial}"
+
+
+def pretrain_trials(experiment: dict, scope: str) -> list[int]:
+    """The trials whose splits a pretraining of ``scope`` reads (it sees only images none of them tests)."""
+    return list(range(experiment["trials"])) if scope == "all" else [int(scope.removeprefix("t"))]
 
 
 def loss_train(train: dict, loss: dict) -> dict:

@@ -165,6 +165,18 @@ def documented_defaults(subschema: dict, path=(), conditions=()):
             yield from documented_defaults(branch, path, conditions)
 
 
+def _outer_default(block_defaults: dict, path: tuple, default):
+    """The default a key gets where an enclosing block's own default names it (e.g. pretrain.augment's strong views
+    over the online augmentation's zeros): the outermost such block wins, as the fill applies it first."""
+    for cut in range(1, len(path)):
+        node = block_defaults.get(path[:cut])
+        for key in path[cut:]:
+            node = node.get(key) if isinstance(node, dict) else None
+        if node is not None:
+            return node
+    return default
+
+
 def _nodes(node, path):
     """(concrete path, value) for each node ``path`` (with ``*`` wildcards) reaches in ``node``."""
     if not path:
@@ -201,7 +213,9 @@ def study(protocol: str, network: str, **experiment) -> dict:
                 "dataset": "cells",
                 "protocol": protocol,
                 "losses": list(LOSS_TYPES),
-                "network": {"name": network} | ({"model": "resnet18"} if network == "timm" else {}),
+                # started from its own pretraining, which a loss of type none needs
+                "network": {"name": network, "init": "pretrain"} | ({"model": "resnet18"} if network == "timm" else {}),
+                "pretrain": {},
                 "classifiers": {"centroid": {}, "gmm": {}, "svm": {}, "knn": {}},
                 **({"shots": 5} if protocol == "fewshot" else {}),
                 **experiment,
@@ -221,7 +235,10 @@ def test_every_documented_default_is_what_the_user_gets(protocol, network):
     filled = validate_config(written)
     validator = jsonschema.Draft202012Validator(schema())
     checked = 0
-    for path, default, conditions in documented_defaults(schema()):
+    defaults = list(documented_defaults(schema()))
+    block_defaults = {path: default for path, default, _ in defaults if isinstance(default, dict)}
+    for path, default, conditions in defaults:
+        default = _outer_default(block_defaults, path, default)
         for concrete, value in _nodes(filled, path):
             holds = all(
                 validator.evolve(schema=condition).is_valid(_at(filled, concrete[: len(at)]))

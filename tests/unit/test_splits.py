@@ -1,11 +1,13 @@
 """Splits: stratified per class, duplicates and groups never straddle subsets, protocols' trial semantics."""
 
 import hashlib
+import math
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from cytodml.config import checked
 from cytodml.data.splits import make_split, trial_seed, units
 from cytodml.errors import InputError
 
@@ -227,6 +229,70 @@ def test_fewshot_too_few_for_shots():
     table, report = split(patches, protocol="fewshot", shots=10, drop_small_classes=True)
     assert set(table["class_name"]) == {"a"}
     assert any("dropped" in line and "'rare' has 6 training image(s)" in line for line in report)
+
+
+def share(fraction: float, n: int) -> int:
+    """The documented fractional-shots rule, ``max(1, round(fraction * n))`` (half up), never more than ``n``."""
+    return min(n, max(1, math.floor(fraction * n + 0.5)))
+
+
+def test_fewshot_fraction_draws_a_share_of_each_class_per_side_per_trial():
+    """``shots: 0.1``, only a tenth of the labels exist: each trial draws ``max(1, round(0.1 * N_c))`` training and
+    validation images of each class c from the fixed split's sides (a class with few images still gets one), the rest
+    of both sides is pool, the test side stays whole; a new draw per trial, the same for the same seed."""
+    patches = make_patches({"a": 200, "b": 60, "tiny": 9})
+    fixed = split(patches, protocol="episodic", fractions={"train": 0.48, "val": 0.12, "test": 0.40})[0]
+    whole = fixed["subset"]
+    sizes = pd.crosstab(fixed["class_name"], fixed["subset"])
+    tables = [split(patches, trial=t, protocol="fewshot", shots=0.1)[0] for t in range(3)]
+    for table in tables:
+        for side in ("train", "val"):
+            drawn = table[table["subset"] == side]
+            assert (whole[drawn.index] == side).all()
+            expected = {name: share(0.1, sizes.loc[name, side]) for name in sizes.index}
+            assert drawn["class_name"].value_counts().to_dict() == expected
+        assert (
+            (table["subset"] == "pool") == (whole.isin(["train", "val"]) & ~table["subset"].isin(["train", "val"]))
+        ).all()
+        assert (table["subset"][whole == "test"] == "test").all()
+    assert sizes.loc["a", "train"] == 96 and share(0.1, 96) == 10 and share(0.1, sizes.loc["tiny", "train"]) == 1
+    assert len({frozenset(t["index"][t["subset"] == "train"]) for t in tables}) == 3
+    assert len({frozenset(t["index"][t["subset"] == "val"]) for t in tables}) > 1
+    pd.testing.assert_frame_equal(tables[2], split(patches, trial=2, protocol="fewshot", shots=0.1)[0])
+
+
+def test_fewshot_integer_shots_draw_as_before():
+    """An integer stays a count (1 is one image per class, 5.0 is 5): trial t draws, with the generator of
+    ``trial_seed(seed, dataset, t)``, ``min(K, N_c)`` images per class, every training class before any validation one
+    (results of integer shots do not change with fractional shots added)."""
+    patches = make_patches({"a": 40, "b": 60, "c": 12})
+    fixed = split(patches, protocol="episodic", fractions={"train": 0.48, "val": 0.12, "test": 0.40})[0]
+    for shots in (1, 5):
+        table = split(patches, trial=1, protocol="fewshot", shots=shots)[0]
+        rng = np.random.default_rng(trial_seed(7, "toy", 1))
+        expected = fixed["subset"].where(fixed["subset"] == "test", "pool").to_numpy(dtype=object)
+        for side in ("train", "val"):
+            for name in ("a", "b", "c"):
+                candidates = np.flatnonzero((fixed["subset"] == side) & (fixed["class_name"] == name))
+                expected[rng.choice(candidates, min(shots, len(candidates)), replace=False)] = side
+        assert table["subset"].tolist() == expected.tolist()
+    pd.testing.assert_frame_equal(
+        split(patches, trial=1, protocol="fewshot", shots=5.0)[0],
+        split(patches, trial=1, protocol="fewshot", shots=5)[0],
+    )
+
+
+@pytest.mark.parametrize("shots", [0, 1.5, -1, -0.5, True, "5", float("nan")])
+def test_fewshot_bad_shots_refused_by_schema_and_split(shots):
+    """Neither a count (integer >= 1) nor a fraction in (0, 1): the config check and the split both refuse it, naming
+    ``shots``."""
+    for good in (1, 5, 0.1, 0.999):
+        assert checked("experiment", {"protocol": "fewshot", "shots": good}, partial=True)["shots"] == good
+    if not (isinstance(shots, float) and math.isnan(shots)):  # the schema lets NaN (YAML's .nan) through
+        with pytest.raises(InputError, match=r"^experiments\.e\.shots: "):
+            checked("experiment", {"protocol": "fewshot", "shots": shots}, "experiments.e", partial=True)
+    with pytest.raises(InputError, match=r"^shots: must be a positive integer .* or a fraction in \(0, 1\)"):
+        split(make_patches({"a": 30, "b": 30}), protocol="fewshot", shots=shots)
 
 
 def test_episodic_split_is_the_same_every_trial():

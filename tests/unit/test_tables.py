@@ -10,6 +10,8 @@ from cytodml.report.tables import (
     aggregate,
     collect_trials,
     format_cell,
+    format_gain,
+    paired_gain,
     paper_table,
     per_class_summary,
     write_tables,
@@ -391,3 +393,103 @@ def test_no_recommended_model_without_validation(tmp_path, metrics):
     assert pd.read_csv(tmp_path / "recommended.csv").empty
     assert "None: no trial scored validation images" in (tmp_path / "recommended.md").read_text()
     assert "recommended" not in (tmp_path / "metrics.md").read_text()
+
+
+INIT_5 = [0.82, 0.85, 0.80, 0.88, 0.84]
+RANDOM_5 = [0.80, 0.86, 0.75, 0.83, 0.81]
+
+
+@pytest.fixture
+def pretrained_and_random():
+    """A pretrained-init experiment (with a loss of type none only it has) and its random-weights baseline."""
+    init = long_metrics(
+        {
+            ("triplet", "knn", "multiclass", "balanced_accuracy"): INIT_5,
+            ("triplet", "knn", "multiclass", "mcc"): [0.7, 0.8, np.nan, 0.9, 0.75],  # 0 / 0 in trial 2
+            ("triplet", "embedding", "latent", "silhouette"): [0.3, 0.4],
+            ("none", "knn", "multiclass", "balanced_accuracy"): [0.7] * 5,
+        }
+    )
+    baseline = long_metrics(
+        {
+            ("triplet", "knn", "multiclass", "balanced_accuracy"): RANDOM_5,
+            ("triplet", "knn", "multiclass", "mcc"): [0.6, 0.8, 0.5, 0.7, 0.7],
+            ("triplet", "embedding", "latent", "silhouette"): [0.1, 0.25, 0.3],  # a trial the other lacks
+        }
+    )
+    return init, baseline
+
+
+def test_paired_gain_trial_by_trial(pretrained_and_random):
+    paired = paired_gain(*pretrained_and_random, "random")
+    assert list(paired.columns) == [
+        "loss",
+        "classifier",
+        "view",
+        "metric",
+        "trials",
+        "mean",
+        "baseline_mean",
+        "gain_mean",
+        "gain_std",
+        "wins",
+        "test",
+        "p_value",
+        "baseline_experiment",
+    ]
+    assert "none" not in set(paired["loss"])  # trained only from the pretrained encoder: no pair
+    assert (paired["baseline_experiment"] == "random").all()
+    rows = paired.set_index(["classifier", "metric"])
+    accuracy = rows.loc[("knn", "balanced_accuracy")]
+    gain = [0.02, -0.01, 0.05, 0.05, 0.03]  # by hand, trial by trial
+    assert accuracy["trials"] == 5 and accuracy["wins"] == 4
+    assert accuracy["gain_mean"] == pytest.approx(np.mean(gain))
+    assert accuracy["gain_std"] == pytest.approx(np.std(gain, ddof=1))
+    assert accuracy["mean"] == pytest.approx(np.mean(INIT_5))
+    assert accuracy["baseline_mean"] == pytest.approx(np.mean(RANDOM_5))
+    assert accuracy["test"] == "paired_t"
+    assert accuracy["p_value"] == pytest.approx(stats.ttest_rel(INIT_5, RANDOM_5).pvalue)
+    mcc = rows.loc[("knn", "mcc")]  # the NaN trial drops its pair
+    assert mcc["trials"] == 4 and mcc["wins"] == 3  # +0.1, 0, +0.2, +0.05: a tie is no win
+    assert mcc["baseline_mean"] == pytest.approx(np.mean([0.6, 0.8, 0.7, 0.7]))
+    assert mcc["gain_mean"] == pytest.approx(np.mean([0.1, 0.0, 0.2, 0.05]))
+    silhouette = rows.loc[("embedding", "silhouette")]  # only trials 0 and 1 pair up
+    assert silhouette["trials"] == 2 and silhouette["gain_mean"] == pytest.approx(0.175)
+    assert silhouette["baseline_mean"] == pytest.approx(0.175)
+    assert silhouette["gain_std"] == pytest.approx(np.std([0.2, 0.15], ddof=1))
+
+
+def test_paired_gain_wilcoxon_from_six_trials():
+    init = [0.5, 0.6, 0.55, 0.7, 0.65, 0.62]
+    random = [0.4, 0.5, 0.56, 0.6, 0.5, 0.6]
+    key = ("arcface", "knn", "multiclass", "accuracy")
+    paired = paired_gain(long_metrics({key: init}), long_metrics({key: random}), "scratch").iloc[0]
+    assert paired["test"] == "wilcoxon"
+    assert paired["p_value"] == pytest.approx(stats.wilcoxon(init, random).pvalue)
+    only = paired_gain(long_metrics({key: [0.5]}), long_metrics({key: [0.4]}), "scratch").iloc[0]
+    assert only["trials"] == 1 and np.isnan(only["gain_std"]) and only["test"] == "" and np.isnan(only["p_value"])
+
+
+def test_format_gain():
+    assert format_gain(0.013, 0.02, "balanced_accuracy", 0.0625, 4, 5) == "+1.3 +- 2.0 (p=0.062, 4/5)"
+    assert format_gain(-0.05, np.nan, "mcc", np.nan, 0, 1) == "-0.05 (0/1)"
+    assert format_gain(0.1, 0.01, "mcc", 0.0001, 6, 6) == "+0.10 +- 0.01 (p<0.001, 6/6)"
+    assert format_gain(np.nan, np.nan, "mcc", np.nan, 0, 0) == ""
+
+
+def test_write_tables_paired(tmp_path, metrics, pretrained_and_random):
+    paired = paired_gain(*pretrained_and_random, "random")
+    write_tables(aggregate(metrics), CONFUSION, None, None, tmp_path / "with", paired=paired)
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "with" / "paired.csv"), paired, check_dtype=False)
+    text = (tmp_path / "with" / "paired.md").read_text()
+    rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in text.splitlines() if line.startswith("|")]
+    assert rows[0] == ["loss", "classifier", "balanced_accuracy (%)", "mcc"]
+    assert rows[2][:2] == ["triplet", "knn"] and len(rows) == 3  # no latent metric, no loss only one side has
+    p = stats.ttest_rel(INIT_5, RANDOM_5).pvalue
+    sd = np.std([0.02, -0.01, 0.05, 0.05, 0.03], ddof=1) * 100
+    assert rows[2][2] == f"+2.8 +- {sd:.1f} (p={p:.2g}, 4/5)"
+    assert "same loss from random weights in experiment random" in text
+    assert r"$\pm$" in (tmp_path / "with" / "paired.tex").read_text()
+    for empty in (None, paired.iloc[:0]):
+        write_tables(aggregate(metrics), CONFUSION, None, None, tmp_path / "without", paired=empty)
+        assert not any(p.name.startswith("paired") for p in (tmp_path / "without").iterdir())

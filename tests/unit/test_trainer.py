@@ -260,6 +260,7 @@ class NaNAfter(nn.Module):
         self.normalize_embeddings = inner.normalize_embeddings
         self.samples_per_class_min = inner.samples_per_class_min
         self.check_batch = inner.check_batch
+        self.trains = inner.trains
 
     def forward(self, embeddings, labels):
         value = self.inner(embeddings, labels)

@@ -5,6 +5,9 @@ import re
 
 import pandas as pd
 import pytest
+import torch
+
+from cytodml.learn.trainer import weights_digest
 
 from .conftest import ROOT, snakemake
 
@@ -134,6 +137,27 @@ def test_tiny_study_end_to_end(tiny_run, tiny_config):
         loss: len(pd.read_csv(tiny_run / f"results/tiny/models/{loss}/t0.history.csv")) for loss in experiment["losses"]
     }
     assert epochs == {"softmax": 2, "triplet": 2, "constellation-k3": 3}
+
+
+def test_pretraining_starts_every_loss_and_the_tables_compare_it_paired(tiny_run, tiny_config):
+    """tiny-pretrained: one pretraining per trial (the full protocol splits anew), on the trial's unlabelled
+    non-test images; every loss starts from it, type none keeps it; paired.csv compares softmax with tiny's."""
+    snakemake(tiny_run, "--cores", "2", "results/tiny-pretrained/tables", config=tiny_config)
+    where = tiny_run / "results/tiny-pretrained"
+    for trial in range(2):
+        encoder = torch.load(where / f"pretrain/t{trial}.pt", weights_only=True)
+        split = pd.read_parquet(where / f"splits/t{trial}.parquet")
+        assert encoder["images"] == split["subset"].isin(["train", "val", "pool"]).sum()
+        for loss in ("pretrained", "softmax"):
+            model = torch.load(where / f"models/{loss}/t{trial}.pt", weights_only=True)
+            assert model["init"]["sha256"] == weights_digest(encoder["state_dict"])
+        as_is = torch.load(where / f"models/pretrained/t{trial}.pt", weights_only=True)
+        assert all(torch.equal(as_is["state_dict"][key], value) for key, value in encoder["state_dict"].items())
+    paired = pd.read_csv(where / "tables/paired.csv")
+    assert set(paired["loss"]) == {"softmax"} and set(paired["baseline_experiment"]) == {"tiny"}
+    assert set(paired["trials"]) == {2}
+    metrics = pd.read_csv(where / "tables/metrics.csv")
+    assert {"pretrained", "softmax"} <= set(metrics["loss"])
 
 
 def test_rerun_does_nothing(tiny_run, tiny_config):

@@ -5,7 +5,10 @@ What a trial is depends on the protocol (docs/architecture.md):
 - ``full`` (rare bioparticles, HEp-2 mitosis): a new stratified split per trial.
 - ``fewshot`` (constellation loss): one fixed split for all trials; trial t draws ``shots`` training images per class
   (subset ``train``) and at most ``shots`` validation images per class (``val``: model and classifier selection see
-  no more labels per class than training, ../shared/DESIGN.md); the rest of both sides becomes ``pool``.
+  no more labels per class than training, ../shared/DESIGN.md); the rest of both sides becomes ``pool``. ``shots`` is
+  a count K (an integer >= 1) or a fraction f in (0, 1): then each side draws ``n_c = max(1, round(f * N_c))`` images
+  of class c, ``N_c`` its images on that side (rounded half up; none where the side has none), e.g. ``shots: 0.1``
+  for an experiment where only a tenth of the training images are labelled.
 - ``episodic`` (Siamese blood cells): one fixed split, 6/6/88 by default, the same table for every trial.
 
 Open-set classes never enter train or val: all their images get subset ``unknown`` (test side).
@@ -78,7 +81,8 @@ def make_split(
     """The split of one trial: a table ``index, class_name, label, subset`` and report lines for the job log.
 
     ``experiment`` keys read, keys it lacks taking the config schema's defaults: ``protocol`` (full | fewshot |
-    episodic), ``fractions`` {train, val, test}, ``shots`` (fewshot, required), ``open_set`` (class names),
+    episodic), ``fractions`` {train, val, test}, ``shots`` (fewshot, required: an integer >= 1, images per class, or
+    a fraction in (0, 1), share of each class; see :func:`_draw_shots`), ``open_set`` (class names),
     ``drop_small_classes``, ``official_split``. Seeds come from
     :func:`trial_seed`: ``(seed, dataset, trial)`` for a full split and a few-shot draw, ``(seed, dataset)`` for the
     fixed few-shot and episodic splits. Rows of dropped classes are absent from the table.
@@ -98,13 +102,26 @@ def make_split(
         rng = np.random.default_rng(trial_seed(seed, dataset, split_trial))
         table, report = _stratified_split(patches, fractions, open_set, drop_small, rng)
     if protocol == "fewshot":
-        shots = experiment.get("shots")
-        if not isinstance(shots, (int, np.integer)) or isinstance(shots, bool) or shots < 1:
-            raise InputError(f"shots: must be a positive integer, got {shots!r}")
+        shots = _shots(experiment.get("shots"))
         rng = np.random.default_rng(trial_seed(seed, dataset, trial))
-        table, dropped = _draw_shots(table, int(shots), drop_small, rng)
+        table, dropped = _draw_shots(table, shots, drop_small, rng)
         report += dropped
     return table, report + _summary(table)
+
+
+def _shots(shots) -> int | float:
+    """``shots`` as a count (``int`` >= 1; a whole float such as ``5.0`` counts as ``5``) or a fraction (``float`` in
+    (0, 1)); anything else (0, negative, 1.5, a bool, NaN, a string) is refused."""
+    number = isinstance(shots, (int, float, np.integer, np.floating)) and not isinstance(shots, (bool, np.bool_))
+    if number and np.isfinite(shots):
+        if shots >= 1 and float(shots).is_integer():
+            return int(shots)
+        if 0 < shots < 1:
+            return float(shots)
+    raise InputError(
+        "shots: must be a positive integer (training images per class) or a fraction in (0, 1) (share of each "
+        f"class's training images), got {shots!r}"
+    )
 
 
 def _check_patches(patches: pd.DataFrame) -> None:
@@ -271,20 +288,29 @@ def _official_split(patches: pd.DataFrame, open_set: list[str]) -> tuple[pd.Data
 
 
 def _draw_shots(
-    table: pd.DataFrame, shots: int, drop_small: bool, rng: np.random.Generator
+    table: pd.DataFrame, shots: int | float, drop_small: bool, rng: np.random.Generator
 ) -> tuple[pd.DataFrame, list[str]]:
-    """Few-shot trial: ``shots`` training images per class become ``train`` and at most ``shots`` validation images per
-    class stay ``val``; the rest of both sides becomes ``pool``."""
+    """Few-shot trial: some training images per class become ``train``, some validation images per class stay ``val``;
+    the rest of both sides becomes ``pool``.
+
+    An ``int`` ``shots`` = K draws K training images per class (a class with fewer is too small: an error, or dropped
+    with ``drop_small``) and ``min(K, N_c)`` validation images of a class with ``N_c`` of them. A ``float`` ``shots`` =
+    f in (0, 1) draws, on each side, ``n_c = max(1, round(f * N_c))`` images of class c (rounded half up, never more
+    than ``N_c``, so none where the side holds none of c); only a class without training images is too small.
+    Training draws come before validation ones, all from ``rng``.
+    """
+    need = shots if isinstance(shots, int) else 1
     training = table["subset"] == "train"
     known = sorted(set(table["class_name"][table["subset"] != "unknown"]))
     counts = table["class_name"][training].value_counts()
-    short = {name: int(counts.get(name, 0)) for name in known if counts.get(name, 0) < shots}
+    short = {name: int(counts.get(name, 0)) for name in known if counts.get(name, 0) < need}
     report = []
     if short:
         described = "; ".join(f"{name!r} has {n} training image(s)" for name, n in short.items())
         if not drop_small:
             raise InputError(
-                f"classes too small for shots={shots}: {described}; lower shots, raise fractions.train, "
+                f"classes too small for shots={shots}: {described}; "
+                f"{'lower shots, ' if need > 1 else ''}raise fractions.train, "
                 "or set drop_small_classes: true to drop them"
             )
         report.append(f"dropped classes too small for shots={shots}: {described}")
@@ -297,8 +323,16 @@ def _draw_shots(
     for side, drawn in ((training, "train"), (validation, "val")):
         for name in known:
             candidates = np.flatnonzero(side & (table["class_name"] == name))
-            subset[rng.choice(candidates, min(shots, len(candidates)), replace=False)] = drawn
+            subset[rng.choice(candidates, _shot_count(shots, len(candidates)), replace=False)] = drawn
     return table.assign(subset=subset), report
+
+
+def _shot_count(shots: int | float, available: int) -> int:
+    """Images to draw from ``available`` of a class on one side: ``min(K, N)`` for a count K, ``max(1, round(f * N))``
+    (half up, at most N) for a fraction f."""
+    if isinstance(shots, int):
+        return min(shots, available)
+    return min(available, max(1, int(np.floor(shots * available + 0.5 + 1e-9))))
 
 
 def _table(patches: pd.DataFrame, subset: np.ndarray) -> pd.DataFrame:

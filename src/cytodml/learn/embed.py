@@ -5,7 +5,15 @@ A model bundle is the plain dict :func:`cytodml.learn.trainer.train` returns and
 
     {"format": "cytodml-model", "version": 1, "network": {...}, "loss": {...}, "in_channels": C, "image_size": S,
      "embedding_dim": D, "class_names": [...], "channel_names": [...], "normalization": {"mean": [...], "std": [...]},
-     "state_dict": {...}, "loss_state_dict": {...}, "best_epoch": int, "seed": int, "dtype": "uint8" | "uint16"}
+     "state_dict": {...}, "loss_state_dict": {...}, "best_epoch": int, "seed": int, "dtype": "uint8" | "uint16",
+     "init": {"sha256": ..., "images": n} | None}
+
+An encoder bundle is what self-supervised pretraining (:mod:`cytodml.learn.pretrain`) writes, the start a training run
+loads with ``network.init``: no classes and no loss, the network's weights and the normalisation they expect::
+
+    {"format": "cytodml-encoder", "version": 1, "network": {...}, "in_channels": C, "image_size": S,
+     "embedding_dim": D, "channel_names": [...], "normalization": {...}, "state_dict": {...}, "pretrain": {...},
+     "images": n, "seed": int, "dtype": "uint8" | "uint16"}
 """
 
 import contextlib
@@ -23,6 +31,8 @@ from cytodml.learn.models import EmbeddingNet, build_model
 
 MODEL_FORMAT = "cytodml-model"
 MODEL_VERSION = 1
+ENCODER_FORMAT = "cytodml-encoder"
+ENCODER_VERSION = 1
 IMAGE_DTYPES = ("uint8", "uint16")
 
 
@@ -171,6 +181,26 @@ def load_model(path_or_bundle) -> tuple[EmbeddingNet, nn.Module, dict]:
     model.load_state_dict(bundle["state_dict"])
     loss.load_state_dict(bundle["loss_state_dict"])
     return model.eval(), loss.eval(), bundle
+
+
+def load_encoder(path) -> dict:
+    """The encoder bundle a pretrain job wrote at ``path``; a missing or foreign file raises ``InputError`` naming it
+    and ``network.init``."""
+    where = f"network.init: {path}"
+    try:
+        bundle = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise InputError(f"{where}: no such encoder file") from None
+    except Exception as err:  # torch raises pickle, zip and runtime errors alike for a foreign file
+        raise InputError(f"{where}: not a cytodml encoder ({type(err).__name__}: {err})") from None
+    if not isinstance(bundle, dict) or bundle.get("format") != ENCODER_FORMAT:
+        raise InputError(
+            f"{where}: not a cytodml encoder (no 'format': '{ENCODER_FORMAT}' entry; a trained model's file is not a "
+            "start, a pretrain job's results/<experiment>/pretrain/<scope>.pt is)"
+        )
+    if bundle.get("version") != ENCODER_VERSION:
+        raise InputError(f"{where}: encoder format version {bundle.get('version')}, this cytodml reads 1")
+    return bundle
 
 
 def check_images(images: np.ndarray, bundle: dict, what: str = "images") -> None:

@@ -1,8 +1,10 @@
-"""What a training run and an embedding pass read: images of one trial's subsets, with the known classes' labels.
+"""What a training run, a pretraining and an embedding pass read: images of one trial's subsets, with the known
+classes' labels.
 
 Patches carry the data set's labels (positions in the sorted list of all its classes). A network is trained on the
 known classes of an experiment only (open-set classes and classes the split dropped never enter training), so its
-labels are positions in the sorted list of the classes present in the trial's training subset.
+labels are positions in the sorted list of the classes present in the trial's training subset. Pretraining reads no
+label, and only images that no trial it serves tests (:func:`pretraining_rows`).
 """
 
 import numpy as np
@@ -39,3 +41,24 @@ def training_data(patches, patches_table, split, augmented, augmented_table, cha
     val_images = subset_images(patches, split, "val", channels)
     val_labels = class_labels(names_by_index.loc[val_rows].to_numpy(), class_names)
     return augmented, train_labels, val_images, val_labels, class_names
+
+
+#: the subsets self-supervised pretraining may read, labels ignored; never test, unknown (open set) or dropped rows
+PRETRAIN_SUBSETS = ("train", "val", "pool")
+
+
+def pretraining_rows(splits: list[pd.DataFrame]) -> np.ndarray:
+    """Patch indices that every split of ``splits`` (the trials one pretraining serves) places in train, val or
+    pool, sorted: an image that any of these trials tests, holds out as open set or drops is never seen."""
+    allowed = None
+    for split in splits:
+        rows = set(split.loc[split["subset"].isin(PRETRAIN_SUBSETS), "index"].tolist())
+        allowed = rows if allowed is None else allowed & rows
+    return np.array(sorted(allowed or ()), dtype=np.int64)
+
+
+def held_out_hashes(patches_table: pd.DataFrame, splits: list[pd.DataFrame]) -> set:
+    """Content hashes of the patches outside :func:`pretraining_rows`: an extra dump's exact copy of one of them is
+    left out of pretraining too (a resized or re-cropped copy has another hash and cannot be caught this way)."""
+    allowed = pretraining_rows(splits)
+    return set(patches_table.loc[~patches_table["index"].isin(allowed), "content_hash"])

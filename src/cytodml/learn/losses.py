@@ -28,6 +28,7 @@ __all__ = [
     "ConstellationLoss",
     "ContrastiveLoss",
     "MetricLoss",
+    "NoFineTuning",
     "NPairLoss",
     "PMLLoss",
     "SoftmaxLoss",
@@ -44,6 +45,8 @@ class MetricLoss(nn.Module):
     normalize_embeddings: bool = False
     samples_per_class_min: int = 2
     generator: torch.Generator | None = None
+    #: False for the one loss that trains nothing (:class:`NoFineTuning`): the trainer runs no epoch
+    trains: bool = True
 
     def forward(self, embeddings: Tensor, labels: Tensor) -> Tensor:
         if embeddings.ndim != 2 or labels.ndim != 1 or len(labels) != len(embeddings):
@@ -417,6 +420,25 @@ def _build_pml(kind: str, module, name, kwargs: Mapping, sizes: dict) -> nn.Modu
         raise InputError(f"{kind}_kwargs: {name}({kwargs}) failed: {error}") from error
 
 
+class NoFineTuning(MetricLoss):
+    """No training at all: the network stays as ``network.init`` leaves it, labels serve only the classifiers.
+
+    The baseline of self-supervised pretraining (:mod:`cytodml.learn.pretrain`): kNN and the other classifiers on the
+    pretrained embedding, L2-normalised because the pretraining compared views by cosine similarity, so that what
+    fine-tuning adds is measured against what the unlabelled images alone gave.
+    """
+
+    normalize_embeddings = True
+    samples_per_class_min = 0
+    trains = False
+
+    def __init__(self):
+        super().__init__()
+
+    def compute_loss(self, embeddings, labels):
+        raise RuntimeError("loss type none trains nothing; the trainer runs no epoch with it")
+
+
 # ------------------------------------------------------------------------------------------------------- the registry
 
 LOSS_TYPES: dict[str, type[MetricLoss]] = {
@@ -426,6 +448,7 @@ LOSS_TYPES: dict[str, type[MetricLoss]] = {
     "npair": NPairLoss,
     "constellation": ConstellationLoss,
     "pml": PMLLoss,
+    "none": NoFineTuning,
 }
 
 

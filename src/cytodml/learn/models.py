@@ -280,14 +280,15 @@ def build_model(network: dict, in_channels: int, image_size: int, normalize: boo
 
     ``network`` holds ``name`` and ``embedding_dim`` plus the named network's keyword options: ``small`` takes
     ``widths``; ``timm`` takes ``model`` (required), ``sigmoid`` and ``pretrained_path``. Options it lacks take the
-    config schema's defaults.
+    config schema's defaults. ``init`` (the weights training starts from) is not the architecture's: the trainer
+    loads it into the network built here.
     """
     network = checked("network", network, "network")
     name = network["name"]
     builder = NETWORKS[name]
     parameters = inspect.signature(builder).parameters
     from_data = {"in_channels", "image_size", "normalize"}
-    options = {key: value for key, value in network.items() if key != "name"}
+    options = {key: value for key, value in network.items() if key not in ("name", "init")}
     for key in options:
         if key not in parameters or key in from_data:
             takes = ", ".join(sorted(set(parameters) - from_data))

@@ -91,12 +91,15 @@ def train(
     channel_names: list[str],
     seed: int,
     checkpoint_dir,
+    init: dict | None = None,
     log=print,
 ) -> tuple[dict, pd.DataFrame]:
     """Train ``network`` with the loss ``loss_spec`` on N x C x S x S uint8 / uint16 images.
 
     Labels are positions in ``class_names``. ``checkpoint_dir`` (None: no checkpoints) holds the per-epoch
-    checkpoint; one written by the same configuration and data is resumed. Returns the model bundle (see
+    checkpoint; one written by the same configuration and data is resumed. ``init`` is an encoder bundle
+    (:func:`~cytodml.learn.embed.load_encoder`, what ``network.init`` names) the network starts from, with the
+    normalisation it was pretrained with; None: random weights. Returns the model bundle (see
     :mod:`cytodml.learn.embed`) holding the best epoch's weights, and the per-epoch history: ``epoch``,
     ``train_loss``, ``val_loss``, ``val_precision_at_1``, ``val_balanced_accuracy``, ``lr`` (at the epoch's start),
     ``seconds``, ``images_per_s``.
@@ -108,7 +111,7 @@ def train(
         run = prepare_run(
             train_images, train_labels, val_images, val_labels, network=network, loss_spec=loss_spec,
             train_spec=train_spec, class_names=class_names, channel_names=channel_names, seed=seed,
-            checkpoint_dir=checkpoint_dir, log=log,
+            checkpoint_dir=checkpoint_dir, init=init, log=log,
         )  # fmt: skip
         run.fit()
     finally:
@@ -118,7 +121,7 @@ def train(
 
 def prepare_run(
     train_images, train_labels, val_images, val_labels, *, network, loss_spec, train_spec, class_names,
-    channel_names, seed, checkpoint_dir, log=print,
+    channel_names, seed, checkpoint_dir, init=None, log=print,
 ) -> "Run":  # fmt: skip
     """The inputs of :func:`train` checked and turned into a :class:`Run` (network, loss, optimiser, batches) that has
     not trained yet; ``train`` fits it, a benchmark can drive :meth:`Run.train_step` itself."""
@@ -133,10 +136,21 @@ def prepare_run(
     network = checked("network", network, "network")
     embedding_dim = network["embedding_dim"]
     loss = build_loss(loss_spec, len(class_names), embedding_dim).to(device)
-    model = build_model(network, in_channels, image_size, loss.normalize_embeddings).to(device)
+    model = build_model(network, in_channels, image_size, loss.normalize_embeddings)
+    if init is None and (not loss.trains or "init" in network):
+        raise InputError(
+            "network.init: a loss of type none keeps the network it starts from, so it needs network.init"
+            if not loss.trains
+            else "network.init is set, but no encoder bundle was given to start from"
+        )
+    normalization = (
+        channel_statistics(train_images)
+        if init is None
+        else start_from(model, init, network, channel_names, (in_channels, image_size))
+    )
+    model.to(device)
     samples_per_class = resolve_samples_per_class(spec, loss)
     loss.check_batch(samples_per_class, len(class_names))
-    normalization = channel_statistics(train_images)
     steps_per_epoch = spec.get("steps_per_epoch", math.ceil(len(train_images) / spec["batch_size"]))
     # scored every epoch: the same bounded subsamples, so that epochs compare and a large set costs little
     val_kept = stratified_subsample(val_labels, spec["monitor_images"], spec.get("monitor_per_class"), seed)
@@ -154,7 +168,9 @@ def prepare_run(
         "normalization": normalization,
         "seed": int(seed),
         "dtype": str(train_images.dtype),
+        "init": None if init is None else {"sha256": weights_digest(init["state_dict"]), "images": init["images"]},
     }  # what the model bundle records, and what a checkpoint must match to be resumed
+    factor = spec["backbone_lr_factor"]
     return Run(
         model=model,
         loss=loss,
@@ -174,7 +190,58 @@ def prepare_run(
         checkpoint=None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT_NAME,
         config_hash=config_hash(description, spec, (train_images, train_labels, val_images, val_labels)),
         log=log,
+        parameter_groups=parameter_groups(model, loss, spec["lr"], factor),
+        frozen_backbone=factor == 0,
+        epochs=spec["epochs"] if loss.trains else 0,
     )
+
+
+def start_from(model, init: dict, network: dict, channel_names: list[str], shape: tuple[int, int]) -> dict:
+    """Load the pretrained encoder ``init`` into ``model`` (built from ``network``) and return the normalisation it
+    was pretrained with, which the fine-tuning keeps: its features expect images scaled that way. ``shape`` is the
+    images' (channels, size). An encoder of
+    another architecture, channel set or patch size raises ``InputError`` naming what differs."""
+    own = {key: value for key, value in network.items() if key != "init"}
+    theirs = {key: value for key, value in init["network"].items() if key != "init"}
+    differences = []
+    if own != theirs:
+        differences.append(f"network {theirs} (this experiment: {own})")
+    if list(init["channel_names"]) != list(channel_names):
+        differences.append(f"channels {init['channel_names']} (this experiment: {list(channel_names)})")
+    if (init["in_channels"], init["image_size"]) != shape:
+        differences.append(
+            f"{init['in_channels']} channels of {init['image_size']} px (this experiment: {shape[0]} of {shape[1]} px)"
+        )
+    if differences:
+        raise InputError(f"network.init: the encoder was pretrained with {'; '.join(differences)}")
+    try:
+        model.load_state_dict(init["state_dict"])
+    except RuntimeError as err:
+        raise InputError(f"network.init: the encoder's weights do not fit this network: {err}") from None
+    return copy.deepcopy(init["normalization"])
+
+
+def parameter_groups(model, loss, lr: float, backbone_lr_factor: float) -> list[dict]:
+    """The optimiser's parameter groups: the network's blocks at ``lr * backbone_lr_factor``, its embedding layer
+    (head) and the loss's own weights at ``lr``. A factor of 0 freezes the blocks (left out of the optimiser and
+    without gradients; :class:`Run` also keeps their batch-norm statistics fixed)."""
+    if backbone_lr_factor == 1:
+        return [{"params": [*model.parameters(), *loss.parameters()]}]
+    rest = [*model.head.parameters(), *loss.parameters()]
+    if backbone_lr_factor == 0:
+        model.blocks.requires_grad_(False)
+        return [{"params": rest}]
+    return [{"params": list(model.blocks.parameters()), "lr": lr * backbone_lr_factor}, {"params": rest}]
+
+
+def weights_digest(state_dict: dict) -> str:
+    """A SHA-256 of a state dict's names and tensors: which pretrained start a model came from."""
+    digest = hashlib.sha256()
+    for key in sorted(state_dict):
+        tensor = state_dict[key].detach().cpu().contiguous()
+        digest.update(f"{key}{tensor.dtype}{tuple(tensor.shape)}".encode())
+        digest.update(tensor.numpy().tobytes() if tensor.dtype != torch.bfloat16 else tensor.float().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _check_subsets(train_images, train_labels, val_images, val_labels, spec, class_names, channel_names):
@@ -264,85 +331,79 @@ def cpu_copy(state_dict: dict) -> dict:
     return {key: value.detach().to("cpu", copy=True) for key, value in state_dict.items()}
 
 
-class Run:
-    """The state of one training run and the epoch loop over it; :meth:`fit` resumes from a checkpoint it finds."""
+class EpochLoop:
+    """Epochs of optimiser steps on one network and a loss module, with a checkpoint after each: what supervised
+    training (:class:`Run`) and self-supervised pretraining (:class:`cytodml.learn.pretrain.PretrainRun`) share.
 
-    def __init__(self, *, model, loss, spec, description, train_loader, val_loader, reference_loader, train_labels,
-                 val_labels, reference_labels, augment, sampler, val_batches, checkpoint, config_hash, log):  # fmt: skip
+    A subclass says what one step is (:meth:`train_step`), what an epoch records and which weights it keeps
+    (:meth:`run_epoch`), and when to stop before the budget (:meth:`stopped`). :meth:`fit` resumes from a checkpoint of
+    the same ``config_hash`` it finds. ``where`` is the config block messages name (``train``, ``pretrain``).
+    """
+
+    where = "train"
+
+    def __init__(self, *, model, loss, spec, description, train_loader, augment, sampler, checkpoint, config_hash,
+                 log, history, parameter_groups=None, epochs=None):  # fmt: skip
         self.model, self.loss, self.spec, self.description = model, loss, spec, description
-        self.train_loader, self.val_loader, self.reference_loader = train_loader, val_loader, reference_loader
-        self.train_labels, self.val_labels, self.reference_labels = train_labels, val_labels, reference_labels
-        self.augment, self.sampler, self.val_batches = augment, sampler, val_batches
+        self.train_loader, self.augment, self.sampler = train_loader, augment, sampler
         self.checkpoint, self.config_hash, self.log = checkpoint, config_hash, log
         self.device = train_loader.device
+        self.epochs = spec["epochs"] if epochs is None else epochs
         # a transient per-batch bar where a person watches; the per-epoch log line either way
         self.progress_bar = sys.stderr.isatty()
         model.to(memory_format=torch.channels_last)
-        self.optimizer = build_optimizer([*model.parameters(), *loss.parameters()], spec)
+        groups = parameter_groups or [{"params": [*model.parameters(), *loss.parameters()]}]
+        self.optimizer = build_optimizer(groups, spec)
         self.scheduler = build_schedule(self.optimizer, spec, len(sampler))
         self.epoch = 0
         self.bad_epochs = 0
-        self.best = {
-            "epoch": 0,
-            "value": None,
-            "top": None,
-            "top_error": 0.0,
-            "model": cpu_copy(model.state_dict()),
-            "loss": cpu_copy(loss.state_dict()),
-        }
-        self.history = {column: [] for column in HISTORY}
+        self.best = {"epoch": 0, "model": cpu_copy(model.state_dict()), "loss": cpu_copy(loss.state_dict())}
+        self.history = {column: [] for column in history}
 
     # ------------------------------------------------------------------------------------------------------ the loop
     def fit(self) -> None:
         self.resume()
-        while self.epoch < self.spec["epochs"] and self.bad_epochs < self.spec["patience"]:
+        while self.epoch < self.epochs and not self.stopped():
             self.run_epoch()
             self.save()
-        stopped = "early stop" if self.bad_epochs >= self.spec["patience"] else "last epoch"
+        stopped = "early stop" if self.stopped() else "last epoch"
         self.log(f"{stopped} after epoch {self.epoch}; keeping epoch {self.best['epoch']}")
 
-    def bundle(self) -> dict:
-        """The model bundle: the run's description with the best epoch's weights."""
-        return {
-            **self.description,
-            "state_dict": self.best["model"],
-            "loss_state_dict": self.best["loss"],
-            "best_epoch": self.best["epoch"],
-        }
+    def stopped(self) -> bool:
+        """Whether to stop before the budget is spent (early stopping)."""
+        return False
 
     def run_epoch(self) -> None:
-        started = time.perf_counter()
-        lr = self.optimizer.param_groups[0]["lr"]
-        train_loss, images = self.train_one_epoch()
-        train_seconds = time.perf_counter() - started
-        scores = self.validate()
-        self.epoch += 1
-        row = {
-            "epoch": self.epoch,
-            "train_loss": train_loss,
-            **scores,
-            "lr": lr,
-            "seconds": time.perf_counter() - started,
-            "images_per_s": images / train_seconds,
-        }
-        for column, value in row.items():
-            self.history[column].append(value)
-        improved = self.track_best(row[self.spec["monitor"]], row["monitor_standard_error"])
-        self.log(
-            f"epoch {self.epoch}/{self.spec['epochs']}: train_loss {train_loss:.4g}, val_loss {row['val_loss']:.4g}, "
-            f"val_precision_at_1 {row['val_precision_at_1']:.3f}, val_balanced_accuracy "
-            f"{row['val_balanced_accuracy']:.3f}, lr {lr:.3g}, {row['seconds']:.1f} s, "
-            f"{row['images_per_s']:.0f} images/s{' (best)' if improved else ''}"
-        )
+        raise NotImplementedError
 
-    def train_one_epoch(self) -> tuple[float, int]:
+    def train_step(self, index) -> float:
+        raise NotImplementedError
+
+    def set_train_mode(self) -> None:
         self.model.train()
         self.loss.train()
+
+    def keep(self, **scores) -> None:
+        """The current weights become the kept ones, with ``scores``: the subclass's record of why."""
+        self.best = {
+            "epoch": self.epoch,
+            **scores,
+            "model": cpu_copy(self.model.state_dict()),
+            "loss": cpu_copy(self.loss.state_dict()),
+        }
+
+    def record(self, row: dict) -> None:
+        for column, value in row.items():
+            self.history[column].append(value)
+
+    def train_one_epoch(self) -> tuple[float, int]:
+        """One pass over the epoch's batches; returns the mean loss per image and the images seen."""
+        self.set_train_mode()
         self.sampler.set_epoch(self.epoch)
         total, images = 0.0, 0
         batches = self.sampler
         if self.progress_bar:
-            batches = tqdm(batches, desc=f"epoch {self.epoch + 1}/{self.spec['epochs']}", leave=False)
+            batches = tqdm(batches, desc=f"epoch {self.epoch + 1}/{self.epochs}", leave=False)
         for number, index in enumerate(batches, start=1):
             scalar = self.train_step(index)
             if not math.isfinite(scalar):
@@ -351,21 +412,15 @@ class Run:
                     kept = f"the checkpoint of epoch {self.epoch} is kept"
                 raise TrainingDiverged(
                     f"training diverged: loss {scalar} at epoch {self.epoch + 1}, batch {number} ({kept}); "
-                    f"try a lower train.lr"
+                    f"try a lower {self.where}.lr"
                 )
             total += scalar * len(index)
             images += len(index)
         return total / images, images
 
-    def train_step(self, index) -> float:
-        """One optimiser step on the training images ``index``; returns the batch loss, and leaves the weights
+    def step(self, value: torch.Tensor) -> float:
+        """An optimiser and schedule step on the batch loss ``value``; returns it as a float, and leaves the weights
         untouched where it is not finite."""
-        images = self.train_loader(index)
-        if self.augment.active:
-            images = self.augment(images)
-        with autocast(self.device):
-            embeddings = self.model(images)
-        value = self.loss(embeddings.float(), self.train_labels[index])
         scalar = value.item()
         if math.isfinite(scalar):
             self.optimizer.zero_grad(set_to_none=True)
@@ -373,59 +428,6 @@ class Run:
             self.optimizer.step()
             self.scheduler.step()
         return scalar
-
-    def validate(self) -> dict[str, float]:
-        """The monitor's scores, in eval mode: validation loss (mean over the fixed validation batches), precision
-        at 1 and the kNN balanced accuracy over the reference (training) subsample; and the standard error of the one
-        ``train.monitor`` names (of the loss: the batch losses' standard deviation over the root of their count)."""
-        embeddings = run_model(self.model, self.val_loader, self.spec["batch_size"])["embedding"]
-        reference = run_model(self.model, self.reference_loader, self.spec["batch_size"])["embedding"]
-        self.loss.eval()
-        with torch.inference_mode():
-            losses = [float(self.loss(embeddings[b], self.val_labels[b])) for b in self.val_batches]
-        precision = precision_at_1(embeddings, self.val_labels)
-        balanced, balanced_error = knn_balanced_accuracy(reference, self.reference_labels, embeddings, self.val_labels)
-        errors = {
-            "val_loss": float(np.std(losses, ddof=1) / math.sqrt(len(losses))) if len(losses) > 1 else 0.0,
-            "val_precision_at_1": proportion_standard_error(precision * len(embeddings), len(embeddings)),
-            "val_balanced_accuracy": balanced_error,
-        }
-        return {
-            "val_loss": float(np.mean(losses)),
-            "val_precision_at_1": precision,
-            "val_balanced_accuracy": balanced,
-            "monitor_standard_error": errors[self.spec["monitor"]],
-        }
-
-    def track_best(self, value: float, standard_error: float) -> bool:
-        """Keep this epoch if its monitor value is within the tolerance of the best so far (the top): ``min_delta`` or,
-        with ``selection: one_standard_error``, the top's standard error where that is larger. A difference that
-        small is noise, and the later epoch has trained longer (and, under a decaying schedule, at a smaller step).
-        Patience restarts only on a gain above ``min_delta`` over the top. Returns whether the epoch was kept."""
-        if not math.isfinite(value):
-            raise TrainingDiverged(
-                f"training diverged: {self.spec['monitor']} is {value} after epoch {self.epoch}; try a lower train.lr"
-            )
-        sign, top, top_error = MONITORS[self.spec["monitor"]], self.best["top"], self.best["top_error"]
-        gain = math.inf if top is None else sign * (value - top)
-        self.bad_epochs = 0 if gain > self.spec["min_delta"] else self.bad_epochs + 1
-        if gain > 0:
-            top, top_error = value, standard_error
-        tolerance = self.spec["min_delta"]
-        if self.spec["selection"] == "one_standard_error":
-            tolerance = max(tolerance, top_error)
-        if gain < -tolerance:
-            self.best |= {"top": top, "top_error": top_error}
-            return False
-        self.best = {
-            "epoch": self.epoch,
-            "value": value,
-            "top": top,
-            "top_error": top_error,
-            "model": cpu_copy(self.model.state_dict()),
-            "loss": cpu_copy(self.loss.state_dict()),
-        }
-        return True
 
     # ------------------------------------------------------------------------------------------------ checkpoints
     def state(self) -> dict:
@@ -474,3 +476,114 @@ class Run:
         self.epoch, self.bad_epochs = state["epoch"], state["bad_epochs"]
         self.best, self.history = state["best"], state["history"]
         self.log(f"resumed from {self.checkpoint} after epoch {self.epoch}")
+
+
+class Run(EpochLoop):
+    """One supervised training run: an :class:`EpochLoop` validated after each epoch, with early stopping and the
+    best epoch kept (see the module docstring)."""
+
+    def __init__(self, *, val_loader, reference_loader, train_labels, val_labels, reference_labels, val_batches,
+                 frozen_backbone=False, **loop):  # fmt: skip
+        super().__init__(history=HISTORY, **loop)
+        self.val_loader, self.reference_loader = val_loader, reference_loader
+        self.train_labels, self.val_labels, self.reference_labels = train_labels, val_labels, reference_labels
+        self.val_batches = val_batches
+        self.frozen_backbone = frozen_backbone
+        self.best |= {"value": None, "top": None, "top_error": 0.0}
+
+    def stopped(self) -> bool:
+        return self.bad_epochs >= self.spec["patience"]
+
+    def set_train_mode(self) -> None:
+        super().set_train_mode()
+        if self.frozen_backbone:  # frozen includes the batch-norm statistics, which train mode would update
+            self.model.blocks.eval()
+
+    def bundle(self) -> dict:
+        """The model bundle: the run's description with the best epoch's weights."""
+        return {
+            **self.description,
+            "state_dict": self.best["model"],
+            "loss_state_dict": self.best["loss"],
+            "best_epoch": self.best["epoch"],
+        }
+
+    def run_epoch(self) -> None:
+        started = time.perf_counter()
+        lr = self.optimizer.param_groups[0]["lr"]
+        train_loss, images = self.train_one_epoch()
+        train_seconds = time.perf_counter() - started
+        scores = self.validate()
+        self.epoch += 1
+        row = {
+            "epoch": self.epoch,
+            "train_loss": train_loss,
+            **scores,
+            "lr": lr,
+            "seconds": time.perf_counter() - started,
+            "images_per_s": images / train_seconds,
+        }
+        self.record(row)
+        improved = self.track_best(row[self.spec["monitor"]], row["monitor_standard_error"])
+        self.log(
+            f"epoch {self.epoch}/{self.spec['epochs']}: train_loss {train_loss:.4g}, val_loss {row['val_loss']:.4g}, "
+            f"val_precision_at_1 {row['val_precision_at_1']:.3f}, val_balanced_accuracy "
+            f"{row['val_balanced_accuracy']:.3f}, lr {lr:.3g}, {row['seconds']:.1f} s, "
+            f"{row['images_per_s']:.0f} images/s{' (best)' if improved else ''}"
+        )
+
+    def train_step(self, index) -> float:
+        """One optimiser step on the training images ``index``; returns the batch loss, and leaves the weights
+        untouched where it is not finite."""
+        images = self.train_loader(index)
+        if self.augment.active:
+            images = self.augment(images)
+        with autocast(self.device):
+            embeddings = self.model(images)
+        return self.step(self.loss(embeddings.float(), self.train_labels[index]))
+
+    def validate(self) -> dict[str, float]:
+        """The monitor's scores, in eval mode: validation loss (mean over the fixed validation batches), precision
+        at 1 and the kNN balanced accuracy over the reference (training) subsample; and the standard error of the one
+        ``train.monitor`` names (of the loss: the batch losses' standard deviation over the root of their count)."""
+        embeddings = run_model(self.model, self.val_loader, self.spec["batch_size"])["embedding"]
+        reference = run_model(self.model, self.reference_loader, self.spec["batch_size"])["embedding"]
+        self.loss.eval()
+        with torch.inference_mode():
+            losses = [float(self.loss(embeddings[b], self.val_labels[b])) for b in self.val_batches]
+        precision = precision_at_1(embeddings, self.val_labels)
+        balanced, balanced_error = knn_balanced_accuracy(reference, self.reference_labels, embeddings, self.val_labels)
+        errors = {
+            "val_loss": float(np.std(losses, ddof=1) / math.sqrt(len(losses))) if len(losses) > 1 else 0.0,
+            "val_precision_at_1": proportion_standard_error(precision * len(embeddings), len(embeddings)),
+            "val_balanced_accuracy": balanced_error,
+        }
+        return {
+            "val_loss": float(np.mean(losses)),
+            "val_precision_at_1": precision,
+            "val_balanced_accuracy": balanced,
+            "monitor_standard_error": errors[self.spec["monitor"]],
+        }
+
+    def track_best(self, value: float, standard_error: float) -> bool:
+        """Keep this epoch if its monitor value is within the tolerance of the best so far (the top): ``min_delta`` or,
+        with ``selection: one_standard_error``, the top's standard error where that is larger. A difference that
+        small is noise, and the later epoch has trained longer (and, under a decaying schedule, at a smaller step).
+        Patience restarts only on a gain above ``min_delta`` over the top. Returns whether the epoch was kept."""
+        if not math.isfinite(value):
+            raise TrainingDiverged(
+                f"training diverged: {self.spec['monitor']} is {value} after epoch {self.epoch}; try a lower train.lr"
+            )
+        sign, top, top_error = MONITORS[self.spec["monitor"]], self.best["top"], self.best["top_error"]
+        gain = math.inf if top is None else sign * (value - top)
+        self.bad_epochs = 0 if gain > self.spec["min_delta"] else self.bad_epochs + 1
+        if gain > 0:
+            top, top_error = value, standard_error
+        tolerance = self.spec["min_delta"]
+        if self.spec["selection"] == "one_standard_error":
+            tolerance = max(tolerance, top_error)
+        if gain < -tolerance:
+            self.best |= {"top": top, "top_error": top_error}
+            return False
+        self.keep(value=value, top=top, top_error=top_error)
+        return True

@@ -1,4 +1,5 @@
-"""Tables over trials: mean +- std per loss x classifier, a paired test against the softmax baseline, paper layouts.
+"""Tables over trials: mean +- std per loss x classifier, a paired test against the softmax baseline, paper layouts,
+and the per-trial gain of a pretrained-encoder experiment over its random-weights baseline experiment.
 
 The inputs are the per-trial tables that :func:`cytodml.evaluate.run.write_trial` writes, stacked with a ``loss`` and a
 ``trial`` column (:func:`collect_trials`). Numbers are printed as the source papers print them: accuracy-like rates in
@@ -116,6 +117,61 @@ def aggregate(metrics: pd.DataFrame, baseline: str = "softmax") -> pd.DataFrame:
     return table.assign(test=tests, p_value=p_values)
 
 
+PAIRED_COLUMNS = [
+    *KEYS,
+    "trials",
+    "mean",
+    "baseline_mean",
+    "gain_mean",
+    "gain_std",
+    "wins",
+    "test",
+    "p_value",
+    "baseline_experiment",
+]
+
+
+def paired_gain(metrics: pd.DataFrame, baseline_metrics: pd.DataFrame, baseline_experiment: str) -> pd.DataFrame:
+    """Per-trial gain of this experiment over ``baseline_experiment`` (the same losses trained from random weights on
+    the same data set, split and trials), per (loss, classifier, view, metric) the two tables share.
+
+    Both tables are per-trial metrics in :func:`collect_trials`' long layout. Trials pair up by number (same seeds,
+    same draws): gain_t = value_t(init) - value_t(baseline), same trial t; pairs where either value is NaN are
+    dropped. Columns (:data:`PAIRED_COLUMNS`): ``trials`` (pairs), ``mean`` and ``baseline_mean`` (over the paired
+    trials, so ``gain_mean`` = ``mean`` - ``baseline_mean``), ``gain_mean``, ``gain_std`` (n - 1; NaN from one pair),
+    ``wins`` (trials where this experiment scores higher), ``test`` and ``p_value`` (:func:`_paired_test`: Wilcoxon
+    signed-rank from 6 pairs, else paired t-test) and ``baseline_experiment``. A key with no pair (a loss only one
+    experiment trains, such as a loss of type none) has no row. Rows keep the order of ``metrics``.
+    """
+    columns = [*KEYS, "trial", "value"]
+    require_columns(metrics, columns, "metrics table")
+    require_columns(baseline_metrics, columns, f"metrics table of baseline experiment {baseline_experiment!r}")
+    per_trial = [table.groupby([*KEYS, "trial"], sort=False)["value"].first() for table in (metrics, baseline_metrics)]
+    pairs = (
+        per_trial[0].to_frame().join(per_trial[1].rename("baseline"), how="inner").dropna(subset=["value", "baseline"])
+    )
+    rows = []
+    for key, pair in pairs.groupby(level=KEYS, sort=False):
+        values, baseline = pair["value"].to_numpy(float), pair["baseline"].to_numpy(float)
+        gain = values - baseline
+        test, p_value = _paired_test(values, baseline)
+        rows.append(
+            dict(zip(KEYS, key))
+            | {
+                "trials": len(gain),
+                "mean": values.mean(),
+                "baseline_mean": baseline.mean(),
+                "gain_mean": gain.mean(),
+                "gain_std": gain.std(ddof=1) if len(gain) > 1 else np.nan,
+                "wins": int((gain > 0).sum()),
+                "test": test,
+                "p_value": p_value,
+                "baseline_experiment": baseline_experiment,
+            }
+        )
+    return pd.DataFrame(rows, columns=PAIRED_COLUMNS)
+
+
 def _scale(metric: str) -> tuple[float, int]:
     """(factor, decimals) a metric is printed with."""
     if metric in PERCENT:
@@ -134,6 +190,19 @@ def format_cell(mean: float, std: float, metric: str, p_value: float = np.nan) -
     if not np.isnan(std):
         cell += f" +- {std * factor:.{decimals}f}"
     return cell + (MARK if p_value < SIGNIFICANCE else "")
+
+
+def format_gain(gain_mean: float, gain_std: float, metric: str, p_value: float, wins: int, trials: int) -> str:
+    """ "+1.3 +- 2.0 (p=0.06, 4/5)": signed gain in the metric's unit (percentage points for rates), std over trials
+    where defined, the paired test's p-value where there is one, and wins / trials; blank where the gain is NaN."""
+    if np.isnan(gain_mean):
+        return ""
+    factor, decimals = _scale(metric)
+    cell = f"{gain_mean * factor:+.{decimals}f}"
+    if not np.isnan(gain_std):
+        cell += f" +- {gain_std * factor:.{decimals}f}"
+    detail = [] if np.isnan(p_value) else ["p<0.001" if p_value < 0.001 else f"p={p_value:.2g}"]
+    return cell + f" ({', '.join([*detail, f'{wins}/{trials}'])})"
 
 
 def _header(metric: str) -> str:
@@ -185,6 +254,38 @@ FOOTNOTE = (
     "Mean +- standard deviation over trials. {mark} p < 0.05 against the {baseline} loss with the same classifier "
     "(two-sided paired Wilcoxon signed-rank test over trials where there are at least 6, else paired t-test)."
 )
+
+
+PAIRED_FOOTNOTE = (
+    "Gain of fine-tuning from the pretrained encoder over the same loss from random weights in experiment {baseline} "
+    "(same data set, split and trials), per trial: gain_t = value_t(pretrained) - value_t(random), mean +- standard "
+    "deviation over trials (rates in percentage points); p: two-sided paired Wilcoxon signed-rank test over trials "
+    "where there are at least 6, else paired t-test; wins/trials: trials where fine-tuning from the pretrained encoder "
+    "scores higher."
+)
+
+
+def _write_paired(paired: pd.DataFrame, out_dir: Path) -> None:
+    """``paired.csv`` (:func:`paired_gain`, every view and metric) and, where the multiclass view has rows, its
+    :data:`LAYOUTS` ``metrics`` columns as ``paired`` (.md/.tex), a row per loss x classifier (:func:`format_gain`)."""
+    write_csv(paired, out_dir / "paired.csv")
+    view, shown = LAYOUTS["metrics"]
+    rows = paired[paired["view"] == view]
+    if rows.empty:
+        return
+    cells = rows.assign(
+        cell=[
+            format_gain(*args)
+            for args in zip(
+                rows["gain_mean"], rows["gain_std"], rows["metric"], rows["p_value"], rows["wins"], rows["trials"]
+            )
+        ]
+    )
+    present = [m for m in shown if m in set(rows["metric"])]
+    table = _spread(cells, ["loss", "classifier"], ["cell"])["cell"]
+    table = table.reindex(columns=present, fill_value="").fillna("").reset_index().rename_axis(columns=None)
+    baseline = ", ".join(dict.fromkeys(paired["baseline_experiment"].astype(str)))
+    _write_formatted(table, PAIRED_FOOTNOTE.format(baseline=baseline), out_dir / "paired")
 
 
 def _latex_escape(text: str) -> str:
@@ -435,6 +536,7 @@ def write_tables(
     baseline: str = "softmax",
     ranking: pd.DataFrame | None = None,
     experiment: str = "",
+    paired: pd.DataFrame | None = None,
 ) -> None:
     """Write the study's tables into ``out_dir`` (CSV with snake-case numeric columns, Markdown, LaTeX).
 
@@ -456,6 +558,10 @@ def write_tables(
       ``validation_mean``, ``validation_std``, ``trials``, and its ``test_mean``, ``test_std`` for the record; the
       CSV has its header only where there is none) and ``validation.csv`` (every candidate, ranked); the Markdown
       of ``metrics``, ``binary``, ``rare``, ``open_set`` and ``spiked`` marks its rows "(recommended)".
+    - with ``paired`` (:func:`paired_gain` against the experiment's ``baseline``, the same losses from random weights),
+      skipped where None or empty: ``paired.csv`` (every row) and ``paired`` (.md/.tex): per loss x classifier the
+      gain on the ``metrics`` layout's multiclass metrics, "+1.3 +- 2.0 (p=0.06, 4/5)": mean +- std over trials of the
+      per-trial gain, the paired test's p-value and wins / trials.
 
     ``confusion``, ``spiked``, ``open_set``, ``episodes`` and ``per_class`` are the per-trial tables stacked with ``loss`` and
     ``trial`` columns, as :func:`collect_trials` returns them.
@@ -490,6 +596,9 @@ def write_tables(
 
     if spiked is not None and not spiked.empty:
         _write_spiked(spiked, out_dir, recommended)
+
+    if paired is not None and not paired.empty:
+        _write_paired(paired, out_dir)
 
     keys = [c for c in confusion.columns if c not in ("trial", "count")]
     write_csv(confusion.groupby(keys, sort=False)["count"].sum().reset_index(), out_dir / "confusion.csv")
