@@ -24,7 +24,9 @@ with logged(snakemake.log[0]) as log:
     splits = [pd.read_parquet(path) for path in snakemake.input.splits]
     rows = pretraining_rows(splits)
     images = [np.load(snakemake.input.npy, mmap_mode="r")[rows][:, channels]]
-    log.info("%d images of %s (train, val and pool of every trial served; none tested)", len(rows), snakemake.params.dataset)
+    log.info(
+        "%d images of %s (train, val and pool of every trial served; none tested)", len(rows), snakemake.params.dataset
+    )
     held_out = held_out_hashes(table, splits)
     for name, npy, extra_table in zip(snakemake.params.extra, snakemake.input.extra_npy, snakemake.input.extra_table):
         hashes = pd.read_parquet(extra_table, columns=["content_hash"])["content_hash"]

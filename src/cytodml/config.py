@@ -105,7 +105,9 @@ def _fill(instance, subschema: dict, path: tuple = ()) -> None:
 
     Defaults come from ``properties`` (and ``$ref`` targets), then from the ``then`` (or ``else``) of each ``allOf``
     branch whose ``if`` the instance meets, then from the one ``oneOf`` / ``anyOf`` branch it fits; a key the user set
-    is never overwritten, so the first default that applies to a key is the one it gets.
+    is never overwritten, so the first default that applies to a key is the one it gets. A block marked
+    ``x-merge-default`` takes the user's keys merged into its default (``pretrain.augment``: turning one transform of
+    the strong views off keeps the others) where any other block's default applies only when the block is absent.
     """
     subschema = _resolve(subschema)
     if isinstance(instance, dict):
@@ -116,6 +118,8 @@ def _fill(instance, subschema: dict, path: tuple = ()) -> None:
             property_schema = _resolve(property_schema)
             if key not in instance and "default" in property_schema:
                 instance[key] = copy.deepcopy(property_schema["default"])
+            elif property_schema.get("x-merge-default") and isinstance(instance[key], dict):
+                instance[key] = merged(property_schema["default"], instance[key])
             if key in instance:
                 _fill(instance[key], property_schema, (*path, key))
         extra = subschema.get("additionalProperties")
@@ -335,9 +339,7 @@ def _check_baseline(config: dict, key: str, experiment: dict) -> None:
     if other is experiment:
         raise InputError(f"{key}.baseline: an experiment cannot be its own baseline")
     differing = [
-        field
-        for field in ("dataset", "trials", "channels", *SPLIT_KEYS)
-        if experiment.get(field) != other.get(field)
+        field for field in ("dataset", "trials", "channels", *SPLIT_KEYS) if experiment.get(field) != other.get(field)
     ]
     if differing:
         raise InputError(

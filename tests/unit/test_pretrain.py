@@ -290,3 +290,12 @@ def test_every_scope_is_a_trial_or_all():
     assert {pretrain_scope(official, trial) for trial in range(3)} == {"all"}
     assert pretrain_trials(official, "all") == [0, 1, 2]
     assert list(itertools.islice(iter(pretrain_trials(full, "t2")), 1)) == [2]
+
+
+def test_keys_given_for_the_views_are_merged_into_the_strong_defaults():
+    views = checked("pretrain", {"augment": {"blur": {"p": 0}}})["augment"]
+    strong = checked("pretrain", {})["augment"]
+    assert views["blur"]["p"] == 0 and views["blur"]["sigma"] == strong["blur"]["sigma"]
+    assert {key: views[key] for key in ("affine", "intensity", "noise")} == {
+        key: strong[key] for key in ("affine", "intensity", "noise")
+    }
