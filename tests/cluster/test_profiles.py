@@ -9,7 +9,8 @@ from .dryrun import planned_jobs
 pytestmark = pytest.mark.workflow
 
 TINY = yaml.safe_load((ROOT / "tests" / "workflow" / "tiny.yaml").read_text())
-GPU_RULES = {"train", "embed"}
+TINY["run"].append("tiny-pretrained")  # its pretrain jobs too
+GPU_RULES = {"pretrain", "train", "embed"}
 SLURM_VARIABLES = ("SBATCH_PARTITION", "SBATCH_ACCOUNT", "CYTODML_GPU_PARTITION")
 
 
@@ -45,6 +46,6 @@ def test_slurm_profile_without_the_variables_leaves_partition_and_account_to_slu
     assert {job.rule: job.threads for job in jobs if job.rule in threads} == threads
 
 
-def test_local_profile_gives_each_training_and_embedding_the_gpu(tmp_path):
+def test_local_profile_gives_each_pretraining_training_and_embedding_the_gpu(tmp_path):
     for job in submitted(tmp_path, "local"):
         assert job.resources.get("gpu") == ("1" if job.rule in GPU_RULES else None), job

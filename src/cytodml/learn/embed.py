@@ -166,12 +166,7 @@ def load_model(path_or_bundle) -> tuple[EmbeddingNet, nn.Module, dict]:
     bundle = path_or_bundle
     if isinstance(path_or_bundle, (str, Path)):
         where = str(path_or_bundle)
-        try:
-            bundle = torch.load(path_or_bundle, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            raise InputError(f"{where}: no such model file") from None
-        except Exception as err:  # torch raises pickle, zip and runtime errors alike for a foreign file
-            raise InputError(f"{where}: not a cytodml model ({type(err).__name__}: {err})") from None
+        bundle = _read_bundle(path_or_bundle, where, "model")
     if not isinstance(bundle, dict) or bundle.get("format") != MODEL_FORMAT:
         raise InputError(f"{where}: not a cytodml model (no 'format': '{MODEL_FORMAT}' entry)")
     if bundle.get("version") != MODEL_VERSION:
@@ -183,16 +178,22 @@ def load_model(path_or_bundle) -> tuple[EmbeddingNet, nn.Module, dict]:
     return model.eval(), loss.eval(), bundle
 
 
+def _read_bundle(path, where: str, what: str) -> dict:
+    """``torch.load`` of a bundle file (``weights_only``); a missing or foreign file raises ``InputError`` naming
+    ``where``."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise InputError(f"{where}: no such {what} file") from None
+    except Exception as err:  # torch raises pickle, zip and runtime errors alike for a foreign file
+        raise InputError(f"{where}: not a cytodml {what} ({type(err).__name__}: {err})") from None
+
+
 def load_encoder(path) -> dict:
     """The encoder bundle a pretrain job wrote at ``path``; a missing or foreign file raises ``InputError`` naming it
     and ``network.init``."""
     where = f"network.init: {path}"
-    try:
-        bundle = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise InputError(f"{where}: no such encoder file") from None
-    except Exception as err:  # torch raises pickle, zip and runtime errors alike for a foreign file
-        raise InputError(f"{where}: not a cytodml encoder ({type(err).__name__}: {err})") from None
+    bundle = _read_bundle(path, where, "encoder")
     if not isinstance(bundle, dict) or bundle.get("format") != ENCODER_FORMAT:
         raise InputError(
             f"{where}: not a cytodml encoder (no 'format': '{ENCODER_FORMAT}' entry; a trained model's file is not a "
