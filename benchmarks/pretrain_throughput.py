@@ -40,7 +40,7 @@ def time_loss(loss, size: int, repeats: int) -> tuple[float, float]:
         value = loss(a, b)
         value.backward()
         seconds.append(time.perf_counter() - started)
-    return statistics.median(seconds), float(value)
+    return statistics.median(seconds), float(value.detach())
 
 
 def main() -> None:

@@ -2,6 +2,7 @@
 
 import copy
 import re
+import shutil
 
 import pandas as pd
 import pytest
@@ -141,13 +142,33 @@ def test_tiny_study_end_to_end(tiny_run, tiny_config):
 
 def test_pretraining_starts_every_loss_and_the_tables_compare_it_paired(tiny_run, tiny_config):
     """tiny-pretrained: one pretraining per trial (the full protocol splits anew), on the trial's unlabelled
-    non-test images; every loss starts from it, type none keeps it; paired.csv compares softmax with tiny's."""
-    snakemake(tiny_run, "--cores", "2", "results/tiny-pretrained/tables", config=tiny_config)
+    non-test images and an extra flat folder of images; every loss starts from it, type none keeps it; paired.csv
+    compares softmax with tiny's."""
+    # the extra dump: a flat folder (no classes) of the study's own debris images, so some are exact copies of
+    # images a trial tests, which pretraining must leave out
+    unlabelled = tiny_run / "unlabelled"
+    unlabelled.mkdir(exist_ok=True)
+    for image in sorted((tiny_run / "resources/tiny-ifc/debris").iterdir()):
+        shutil.copy(image, unlabelled / image.name)
+    config = copy.deepcopy(tiny_config)
+    config["datasets"]["tiny-unlabelled"] = {
+        "source": {"kind": "folder", "path": "unlabelled"},
+        "channels": ["brightfield"],
+        "patch": config["datasets"]["tiny-ifc"]["patch"],
+    }
+    config["experiments"]["tiny-pretrained"]["pretrain"]["extra"] = ["tiny-unlabelled"]
+    snakemake(tiny_run, "--cores", "2", "results/tiny-pretrained/tables", config=config)
     where = tiny_run / "results/tiny-pretrained"
+    patches = pd.read_parquet(tiny_run / "results/tiny-ifc/patches.parquet")
+    extra = pd.read_parquet(tiny_run / "results/tiny-unlabelled/patches.parquet")
     for trial in range(2):
         encoder = torch.load(where / f"pretrain/t{trial}.pt", weights_only=True)
         split = pd.read_parquet(where / f"splits/t{trial}.parquet")
-        assert encoder["images"] == split["subset"].isin(["train", "val", "pool"]).sum()
+        seen = split["subset"].isin(["train", "val", "pool"])
+        held_out = set(patches.set_index("index").loc[split.loc[~seen, "index"], "content_hash"])
+        copies = extra["content_hash"].isin(held_out).sum()
+        assert 0 < copies < len(extra)
+        assert encoder["images"] == seen.sum() + len(extra) - copies
         for loss in ("pretrained", "softmax"):
             model = torch.load(where / f"models/{loss}/t{trial}.pt", weights_only=True)
             assert model["init"]["sha256"] == weights_digest(encoder["state_dict"])
