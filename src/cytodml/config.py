@@ -326,7 +326,8 @@ def _check_pretraining(config: dict, key: str, experiment: dict) -> None:
                 f"{where}: data set '{name}' has patch.size {datasets[name]['patch']['size']}, the experiment's "
                 f"{own['patch']['size']}"
             )
-    if "baseline" in experiment:
+    # only where it runs: a dormant twin must not stop a run that edits its baseline's trials or network
+    if "baseline" in experiment and key.removeprefix("experiments.") in config["run"]:
         _check_baseline(config, key, experiment)
 
 

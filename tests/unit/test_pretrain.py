@@ -251,7 +251,7 @@ def study(**experiment):
             "e": {**base, **experiment},
             "plain": {**base, "network": {"name": "small", "embedding_dim": 4}, "pretrain": None},
         },
-        "run": ["e"],
+        "run": ["e", "plain"],
     }
 
 

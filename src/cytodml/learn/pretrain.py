@@ -10,8 +10,8 @@ together against the ``2B - 2`` other views of the batch::
 averaged over the ``2B`` ordered positive pairs (i, j) (Chen et al.'s eq. 1). pytorch-metric-learning's ``NTXentLoss``
 inside its ``SelfSupervisedLoss`` (``symmetric=True``: both views as anchors) defines the same loss, and the tests hold
 :func:`nt_xent` to it; it is written here as one cross-entropy over the ``2B x 2B`` similarity matrix because the
-library's pair-list form builds a ``2B x 2B(2B - 2)`` mask: at ``B = 256`` that is half a gigabyte and 8.6 s per step on
-two CPU cores, against 5 ms here (``benchmarks/README.md``).
+library's pair-list form builds a ``2B x 2B(2B - 2)`` mask: at ``B = 256`` that is half a gigabyte and 5 s per step on
+two CPU cores, against 2 ms here (``benchmarks/README.md``, "Pretraining throughput").
 
 The projection head is dropped afterwards: the encoder bundle (:mod:`cytodml.learn.embed`) holds the network itself,
 the start that ``network.init`` gives every loss of an experiment. No label is read, and no validation either: the
