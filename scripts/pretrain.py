@@ -27,7 +27,7 @@ with logged(snakemake.log[0]) as log:
     log.info(
         "%d images of %s (train, val and pool of every trial served; none tested)", len(rows), snakemake.params.dataset
     )
-    held_out = held_out_hashes(table, splits)
+    held_out = held_out_hashes(table, rows)
     for name, npy, extra_table in zip(snakemake.params.extra, snakemake.input.extra_npy, snakemake.input.extra_table):
         hashes = pd.read_parquet(extra_table, columns=["content_hash"])["content_hash"]
         kept = np.flatnonzero(~hashes.isin(held_out).to_numpy())

@@ -118,7 +118,7 @@ def _fill(instance, subschema: dict, path: tuple = ()) -> None:
             property_schema = _resolve(property_schema)
             if key not in instance and "default" in property_schema:
                 instance[key] = copy.deepcopy(property_schema["default"])
-            elif property_schema.get("x-merge-default") and isinstance(instance[key], dict):
+            elif property_schema.get("x-merge-default") and isinstance(instance.get(key), dict):
                 instance[key] = merged(property_schema["default"], instance[key])
             if key in instance:
                 _fill(instance[key], property_schema, (*path, key))

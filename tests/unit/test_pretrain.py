@@ -222,7 +222,7 @@ def test_pretraining_never_sees_a_tested_or_open_set_image(name):
         if name != "full":  # one fixed test side: everything else, pool included, is seen
             assert seen == set(served[0].loc[served[0]["subset"].isin(["train", "val", "pool"]), "index"])
         # an extra dump's exact copy of a held-out image is left out too
-        held_out = held_out_hashes(patches, served)
+        held_out = held_out_hashes(patches, pretraining_rows(served))
         tested = served[0].loc[served[0]["subset"] == "test", "index"].iloc[0]
         assert patches.loc[tested, "content_hash"] in held_out
         assert not held_out & set(patches.loc[list(seen), "content_hash"])

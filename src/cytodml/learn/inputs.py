@@ -57,8 +57,8 @@ def pretraining_rows(splits: list[pd.DataFrame]) -> np.ndarray:
     return np.array(sorted(allowed or ()), dtype=np.int64)
 
 
-def held_out_hashes(patches_table: pd.DataFrame, splits: list[pd.DataFrame]) -> set:
-    """Content hashes of the patches outside :func:`pretraining_rows`: an extra dump's exact copy of one of them is
-    left out of pretraining too (a resized or re-cropped copy has another hash and cannot be caught this way)."""
-    allowed = pretraining_rows(splits)
-    return set(patches_table.loc[~patches_table["index"].isin(allowed), "content_hash"])
+def held_out_hashes(patches_table: pd.DataFrame, seen_rows: np.ndarray) -> set:
+    """Content hashes of the patches outside ``seen_rows`` (:func:`pretraining_rows`): an extra dump's exact copy of
+    one of them is left out of pretraining too (a resized or re-cropped copy has another hash and cannot be caught
+    this way)."""
+    return set(patches_table.loc[~patches_table["index"].isin(seen_rows), "content_hash"])

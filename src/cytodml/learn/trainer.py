@@ -170,7 +170,6 @@ def prepare_run(
         "dtype": str(train_images.dtype),
         "init": None if init is None else {"sha256": weights_digest(init["state_dict"]), "images": init["images"]},
     }  # what the model bundle records, and what a checkpoint must match to be resumed
-    factor = spec["backbone_lr_factor"]
     return Run(
         model=model,
         loss=loss,
@@ -190,9 +189,6 @@ def prepare_run(
         checkpoint=None if checkpoint_dir is None else Path(checkpoint_dir) / CHECKPOINT_NAME,
         config_hash=config_hash(description, spec, (train_images, train_labels, val_images, val_labels)),
         log=log,
-        parameter_groups=parameter_groups(model, loss, spec["lr"], factor),
-        frozen_backbone=factor == 0,
-        epochs=spec["epochs"] if loss.trains else 0,
     )
 
 
@@ -223,7 +219,8 @@ def start_from(model, init: dict, network: dict, channel_names: list[str], shape
 
 def parameter_groups(model, loss, lr: float, backbone_lr_factor: float) -> list[dict]:
     """The optimiser's parameter groups: the network's blocks at ``lr * backbone_lr_factor``, its embedding layer
-    (head) and the loss's own weights at ``lr``. A factor of 0 freezes the blocks (left out of the optimiser and
+    (head) and the loss's own weights at ``lr``; one group of everything at a factor of 1 (pretraining, and fine-tuning
+    at one rate). A factor of 0 freezes the blocks (left out of the optimiser and
     without gradients; :class:`Run` also keeps their batch-norm statistics fixed)."""
     if backbone_lr_factor == 1:
         return [{"params": [*model.parameters(), *loss.parameters()]}]
@@ -240,7 +237,7 @@ def weights_digest(state_dict: dict) -> str:
     for key in sorted(state_dict):
         tensor = state_dict[key].detach().cpu().contiguous()
         digest.update(f"{key}{tensor.dtype}{tuple(tensor.shape)}".encode())
-        digest.update(tensor.numpy().tobytes() if tensor.dtype != torch.bfloat16 else tensor.float().numpy().tobytes())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
 
@@ -343,16 +340,17 @@ class EpochLoop:
     where = "train"
 
     def __init__(self, *, model, loss, spec, description, train_loader, augment, sampler, checkpoint, config_hash,
-                 log, history, parameter_groups=None, epochs=None):  # fmt: skip
+                 log, history):  # fmt: skip
         self.model, self.loss, self.spec, self.description = model, loss, spec, description
         self.train_loader, self.augment, self.sampler = train_loader, augment, sampler
         self.checkpoint, self.config_hash, self.log = checkpoint, config_hash, log
         self.device = train_loader.device
-        self.epochs = spec["epochs"] if epochs is None else epochs
+        # a loss that trains nothing (type none) runs no epoch; the pretraining's loss always trains
+        self.epochs = spec["epochs"] if getattr(loss, "trains", True) else 0
         # a transient per-batch bar where a person watches; the per-epoch log line either way
         self.progress_bar = sys.stderr.isatty()
         model.to(memory_format=torch.channels_last)
-        groups = parameter_groups or [{"params": [*model.parameters(), *loss.parameters()]}]
+        groups = parameter_groups(model, loss, spec["lr"], spec.get("backbone_lr_factor", 1))
         self.optimizer = build_optimizer(groups, spec)
         self.scheduler = build_schedule(self.optimizer, spec, len(sampler))
         self.epoch = 0
@@ -483,12 +481,12 @@ class Run(EpochLoop):
     best epoch kept (see the module docstring)."""
 
     def __init__(self, *, val_loader, reference_loader, train_labels, val_labels, reference_labels, val_batches,
-                 frozen_backbone=False, **loop):  # fmt: skip
+                 **loop):  # fmt: skip
         super().__init__(history=HISTORY, **loop)
         self.val_loader, self.reference_loader = val_loader, reference_loader
         self.train_labels, self.val_labels, self.reference_labels = train_labels, val_labels, reference_labels
         self.val_batches = val_batches
-        self.frozen_backbone = frozen_backbone
+        self.frozen_backbone = self.spec["backbone_lr_factor"] == 0
         self.best |= {"value": None, "top": None, "top_error": 0.0}
 
     def stopped(self) -> bool:

@@ -185,11 +185,14 @@ def format_cell(mean: float, std: float, metric: str, p_value: float = np.nan) -
     """ "85.0 +- 0.6" in the metric's unit (std left out where undefined), ``*`` appended where p < 0.05."""
     if np.isnan(mean):
         return ""
+    return _value_and_spread(mean, std, metric) + (MARK if p_value < SIGNIFICANCE else "")
+
+
+def _value_and_spread(value: float, std: float, metric: str, sign: str = "") -> str:
+    """ "85.0 +- 0.6" in the metric's unit, the std left out where undefined; ``sign="+"`` signs the value."""
     factor, decimals = _scale(metric)
-    cell = f"{mean * factor:.{decimals}f}"
-    if not np.isnan(std):
-        cell += f" +- {std * factor:.{decimals}f}"
-    return cell + (MARK if p_value < SIGNIFICANCE else "")
+    cell = f"{value * factor:{sign}.{decimals}f}"
+    return cell if np.isnan(std) else cell + f" +- {std * factor:.{decimals}f}"
 
 
 def format_gain(gain_mean: float, gain_std: float, metric: str, p_value: float, wins: int, trials: int) -> str:
@@ -197,10 +200,7 @@ def format_gain(gain_mean: float, gain_std: float, metric: str, p_value: float, 
     where defined, the paired test's p-value where there is one, and wins / trials; blank where the gain is NaN."""
     if np.isnan(gain_mean):
         return ""
-    factor, decimals = _scale(metric)
-    cell = f"{gain_mean * factor:+.{decimals}f}"
-    if not np.isnan(gain_std):
-        cell += f" +- {gain_std * factor:.{decimals}f}"
+    cell = _value_and_spread(gain_mean, gain_std, metric, sign="+")
     detail = [] if np.isnan(p_value) else ["p<0.001" if p_value < 0.001 else f"p={p_value:.2g}"]
     return cell + f" ({', '.join([*detail, f'{wins}/{trials}'])})"
 
