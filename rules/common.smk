@@ -21,14 +21,14 @@ from cytodml.config import (
     validate_config,
 )
 from cytodml.data.signature import dump_signature
-from cytodml.data.sources import list_classes
+from cytodml.data.sources import class_sizes, list_classes
 from cytodml.errors import InputError
 
 # The schema (schemas/config.schema.yaml) owns every default: validate_config fills them in, as `cytodml predict`
 # does, and the rules read the filled config. Snakemake's own validate is not used: its defaults skip $ref targets
 # and the defaults that depend on the protocol or the network.
 try:
-    config.update(validate_config(config, list_classes=list_classes))
+    config.update(validate_config(config, list_classes=list_classes, class_sizes=class_sizes))
 except InputError as error:
     raise WorkflowError(f"config: {error}") from None
 
@@ -77,6 +77,7 @@ EVALUATE_KEYS = (
     "open_set",
     "spiked",
     "episodes",
+    "novel_episodes",
 )
 
 
@@ -190,6 +191,7 @@ def trial_evaluations(wildcards):
         "spiked.csv",
         "open_set.csv",
         "episodes.csv",
+        "novel.csv",
         "predictions.parquet",
     )
     evaluations = {
@@ -299,11 +301,12 @@ def report_outputs(experiment):
     (each job writes the PDF beside it)."""
     settings = EXPERIMENTS[experiment]
     detection = ["roc"] if settings["targets"] or settings["open_set"] else []
+    novel = ["novel_shots"] if "novel_classes" in settings else []
     return (
         [f"results/{experiment}/config.yaml"]
         + [
             f"results/{experiment}/figures/{name}.png"
-            for name in EXPERIMENT_FIGURES + detection
+            for name in EXPERIMENT_FIGURES + detection + novel
         ]
         + [
             f"results/{experiment}/figures/{loss}/{name}.png"

@@ -12,6 +12,7 @@ rule evaluate:
         spiked="results/{experiment}/eval/{loss}/t{trial}/spiked.csv",
         open_set="results/{experiment}/eval/{loss}/t{trial}/open_set.csv",
         episodes="results/{experiment}/eval/{loss}/t{trial}/episodes.csv",
+        novel="results/{experiment}/eval/{loss}/t{trial}/novel.csv",
         classifiers="results/{experiment}/eval/{loss}/t{trial}/classifiers.joblib",
     log:
         "logs/{experiment}/evaluate/{loss}/t{trial}.log",

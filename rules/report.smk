@@ -122,6 +122,24 @@ rule figure_metrics:
         "../scripts/figure_metrics.py"
 
 
+rule figure_novel_shots:
+    input:
+        per_loss_and_trial("results/{experiment}/eval/{loss}/t{trial}/novel.csv"),
+    output:
+        **figure("novel_shots", "accuracy on novel classes against shots", "evaluation"),
+    log:
+        "logs/{experiment}/figures/novel_shots.log",
+    benchmark:
+        "results/benchmarks/{experiment}/figures/novel_shots.tsv"
+    conda:
+        "../envs/report.yaml"
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    script:
+        "../scripts/figure_novel.py"
+
+
 rule figure_training:
     input:
         histories=per_loss_and_trial(

@@ -82,6 +82,8 @@ def predict(args) -> None:
         f"{summary['sample']}: {alarm}, {summary['target_count']} target(s) among {summary['objects']} objects"
         f"{chosen}; {Path(args.out) / 'summary.md'}"
     )
+    if summary["alarm_note"]:
+        print(summary["alarm_note"])
 
 
 def _model_files(args, experiment: dict) -> tuple[str, str, str, dict | None]:

@@ -41,12 +41,13 @@ BLOCKS = {
     "threshold": "/$defs/experiment/properties/threshold",
     "spiked": "/$defs/experiment/properties/spiked",
     "episodes": "/$defs/experiment/properties/episodes",
+    "novel_episodes": "/$defs/experiment/properties/novel_episodes",
     "alarm": "/$defs/alarm",
     "predict": "/$defs/predict",
 }
 #: the experiment keys that make its split: experiments equal in these (and in data set, seed and trials) draw the
 #: same images for every trial, which a ``baseline:`` comparison needs
-SPLIT_KEYS = ("protocol", "fractions", "shots", "official_split", "drop_small_classes", "open_set")
+SPLIT_KEYS = ("protocol", "fractions", "shots", "official_split", "drop_small_classes", "open_set", "novel_classes")
 #: images of each class in a batch of a metric loss whose ``train.samples_per_class`` is unset and that needs no more
 MIN_SAMPLES_PER_CLASS = 2
 #: Medela & Picon keep spc^K, the negative combinations per positive pair of the constellation loss, under it (eq. 5)
@@ -183,11 +184,12 @@ def checked(block: str, value, where: str = "", partial: bool = False):
     raise InputError(f"{_where(where, path)}: {message}")
 
 
-def validate_config(config: dict, list_classes=None) -> dict:
+def validate_config(config: dict, list_classes=None, class_sizes=None) -> dict:
     """The study config with every default filled in, after the schema's checks, :func:`check_config`'s and, where
-    it has a ``predict:`` block, :func:`check_predict_config`'s; ``list_classes`` as for :func:`check_config`."""
+    it has a ``predict:`` block, :func:`check_predict_config`'s; ``list_classes`` and ``class_sizes`` as for
+    :func:`check_config`."""
     filled = checked("config", config)
-    check_config(filled, list_classes=list_classes)
+    check_config(filled, list_classes=list_classes, class_sizes=class_sizes)
     if "predict" in filled:
         check_predict_config(filled, list_classes=list_classes)
     return filled
@@ -229,20 +231,25 @@ def load_config(path) -> dict:
         return yaml.safe_load(handle)
 
 
-def check_config(config: dict, list_classes=None) -> None:
+def check_config(config: dict, list_classes=None, class_sizes=None) -> None:
     """Raise :class:`InputError` naming the key of the first broken cross-reference of a filled config.
 
     ``list_classes(source) -> list[str] | None`` tells a data set's classes cheaply (None: not knowable before ingest);
-    class checks are skipped where it is not given or returns None.
+    class checks are skipped where it is not given or returns None. ``class_sizes(source) -> dict[str, int] | None``
+    tells how many images each class has, where that is cheap; the novel classes' sizes are checked where it does.
     """
     _check_names(config)
     for name, experiment in config["experiments"].items():
         key = f"experiments.{name}"
         dataset = _check_experiment(config, key, experiment)
         _check_pretraining(config, key, experiment)
-        classes = list_classes(resolve_source(experiment["dataset"], dataset)) if list_classes else None
+        source = resolve_source(experiment["dataset"], dataset)
+        classes = list_classes(source) if list_classes else None
         if classes is not None:
             _check_classes(key, experiment, classes, config["losses"])
+            sizes = class_sizes(source) if class_sizes else None
+            if sizes is not None:
+                _check_novel_sizes(key, experiment, classes, sizes)
 
 
 def _check_names(config: dict) -> None:
@@ -288,6 +295,12 @@ def _check_experiment(config: dict, key: str, experiment: dict) -> dict:
     overlap = set(experiment["targets"]) & set(experiment["open_set"])
     if overlap:
         raise InputError(f"{key}: {sorted(overlap)} listed both as targets and as open-set classes")
+    novel = experiment.get("novel_classes")
+    if isinstance(novel, list):
+        for field in ("targets", "open_set"):
+            overlap = set(novel) & set(experiment[field])
+            if overlap:
+                raise InputError(f"{key}.novel_classes: {sorted(overlap)} also listed in {field}")
     return dataset
 
 
@@ -367,6 +380,8 @@ def _check_classes(key: str, experiment: dict, classes: list[str], losses: dict)
     known = set(classes) - set(experiment["open_set"])
     if len(known) < 2:
         raise InputError(f"{key}.open_set: fewer than two known classes would be left to train on")
+    if "novel_classes" in experiment:
+        _check_novel(key, experiment, sorted(known))
     for name in experiment["losses"]:
         loss = losses[name]
         if loss["type"] == "constellation" and loss["pairs"] == "all":
@@ -379,12 +394,77 @@ def _check_classes(key: str, experiment: dict, classes: list[str], losses: dict)
             check_negative_combinations(samples_per_class, loss["k"], len(known), where)
 
 
+def _check_novel(key: str, experiment: dict, known: list[str]) -> None:
+    """Novel classes are known classes (not targets: the base classifier must learn a target), at least two base
+    classes are left to train on in every trial, and an episode's ways fit both the novel and the base classes."""
+    spec = experiment["novel_classes"]
+    if isinstance(spec, list):
+        for index, class_name in enumerate(spec):
+            if class_name not in known:
+                raise InputError(
+                    f"{key}.novel_classes[{index}]: '{class_name}' is not a known class of data set "
+                    f"'{experiment['dataset']}' ({known})"
+                )
+    per_trial = len(novel_classes_of(spec, known, 0))
+    if len(known) - per_trial < 2:
+        raise InputError(
+            f"{key}.novel_classes: {per_trial} of the {len(known)} known classes held out leaves fewer than two to "
+            "train on"
+        )
+    novel = {name for trial in range(experiment["trials"]) for name in novel_classes_of(spec, known, trial)}
+    overlap = novel & set(experiment["targets"])
+    if overlap:
+        raise InputError(
+            f"{key}.novel_classes: target(s) {sorted(overlap)} would be novel in some trial; the base classifier "
+            "must learn a target"
+        )
+    ways = experiment["novel_episodes"].get("ways", per_trial)
+    if ways > per_trial or ways > len(known) - per_trial:
+        raise InputError(
+            f"{key}.novel_episodes.ways: {ways}-way episodes need {ways} novel and {ways} base classes; a trial has "
+            f"{per_trial} novel and {len(known) - per_trial} base classes"
+        )
+
+
+def _check_novel_sizes(key: str, experiment: dict, classes: list[str], sizes: dict) -> None:
+    """Every class novel in some trial holds the support and query images of the largest K-shot episode."""
+    if "novel_classes" not in experiment:
+        return
+    known = sorted(set(classes) - set(experiment["open_set"]))
+    episodes = experiment["novel_episodes"]
+    need = max(episodes["shots"]) + episodes["queries"]
+    for trial in range(experiment["trials"]):
+        for class_name in novel_classes_of(experiment["novel_classes"], known, trial):
+            if sizes.get(class_name, 0) < need:
+                raise InputError(
+                    f"{key}.novel_classes: class '{class_name}' (novel in trial {trial}) has "
+                    f"{sizes.get(class_name, 0)} images, fewer than max(novel_episodes.shots) + "
+                    f"novel_episodes.queries = {max(episodes['shots'])} + {episodes['queries']}"
+                )
+
+
+def novel_classes_of(spec, known: list[str], trial: int) -> list[str]:
+    """The novel classes of ``trial``: the list ``spec`` itself, or for ``{rotate: n}`` the n classes at positions
+    ``t n, ..., t n + n - 1`` (modulo their number) of the sorted ``known`` classes (those not open set)."""
+    if spec is None:
+        return []
+    if isinstance(spec, list):
+        return sorted(spec)
+    known = sorted(known)
+    count = spec["rotate"]
+    if count >= len(known):
+        raise InputError(f"novel_classes.rotate: {count} of {len(known)} known classes leaves none to train on")
+    return sorted(known[(trial * count + offset) % len(known)] for offset in range(count))
+
+
 def pretrain_scope(experiment: dict, trial: int) -> str:
     """The pretraining a trial's losses start from (``network.init: pretrain``): ``all``, one per experiment, where
-    every trial tests the same images (the fewshot and episodic protocols, an official split); ``t<trial>`` where each
-    trial splits anew (the full protocol), so that a trial's pretraining never sees what that trial tests."""
+    every trial tests the same images and holds out the same novel classes (the fewshot and episodic protocols, an
+    official split); ``t<trial>`` where each trial splits anew (the full protocol) or rotates its novel classes, so
+    that a trial's pretraining never sees what that trial tests or holds out."""
     fixed = experiment["official_split"] or experiment["protocol"] != "full"
-    return "all" if fixed else f"t{trial}"
+    rotating = isinstance(experiment.get("novel_classes"), dict)
+    return "all" if fixed and not rotating else f"t{trial}"
 
 
 def pretrain_trials(experiment: dict, scope: str) -> list[int]:
@@ -511,8 +591,12 @@ def _check_predict_model(config: dict) -> dict:
 
 def _check_calibrated_alarm(config: dict, experiment: dict, predict: dict) -> None:
     """A ``false_alarm_rate`` rule rests on the validation false positives the evaluation counted, so only at the
-    evaluation's own threshold and targets (``predict``: :func:`predict_settings`)."""
+    evaluation's own threshold and targets (``predict``: :func:`predict_settings`). With a gallery, a target the
+    evaluation did not have may be a gallery class, for which the prediction falls back to the count rule and says
+    so (:func:`cytodml.predict.predict_sample`)."""
     model, evaluated = predict["model"], sorted(experiment["targets"])
+    if predict.get("gallery") and set(predict["targets"]) - set(evaluated):
+        return
     if "false_alarm_rate" in predict["alarm"] and (
         "threshold" in model or not evaluated or sorted(predict["targets"]) != evaluated
     ):

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from scipy.spatial.distance import cdist
 
-from cytodml.config import channel_indices
+from cytodml.config import channel_indices, schema
 from cytodml.data.patching import COUNT_COLUMNS, QC_FLAGS, make_patches
 from cytodml.data.sources import ingest
 from cytodml.errors import InputError
@@ -35,10 +35,12 @@ from cytodml.evaluate.detector import Detector, add_examples, check_extensible
 from cytodml.evaluate.metrics import UNKNOWN_NAME
 from cytodml.learn.embed import check_images, embed
 
-__all__ = ["add_gallery", "predict_sample", "summarize"]
+__all__ = ["add_gallery", "gallery_classes", "predict_sample", "summarize"]
 
 #: the patch stage's counts of objects it leaves out (filler, duplicate, background): a sample's summary gives their sum
 DROPPED_COUNTS = [column for column in COUNT_COLUMNS if column.startswith("dropped_")]
+#: the count rule a calibrated alarm falls back to where a target is a gallery class: the experiment's default rule
+COUNT_RULE = alarm_rule(schema()["$defs"]["experiment"]["properties"]["alarm"]["default"])
 
 
 def _dump_patches(source: dict, channels: list[str], patch: dict, bundle: dict, workdir, workers: int):
@@ -102,8 +104,14 @@ def predict_sample(
     ``distance_<class>`` (Euclidean, to each class centre), the QC flags), ``summary`` (:func:`summarize`),
     ``target_rows`` (the rows of the called targets, most confident first, as the montage shows them) and
     ``target_images`` (their patches).
+
+    A calibrated rule with a gallery class among the targets (:func:`gallery_classes`) cannot be computed, since the
+    evaluation never saw that class: the count rule :data:`COUNT_RULE` is applied instead, and the summary's
+    ``alarm_note`` says so.
     """
-    rule = _checked_request(detector, threshold, targets, alarm, validation)
+    rule, note = _checked_request(detector, threshold, targets, alarm, validation)
+    if note:
+        validation = None  # the count rule applied rests on no validation count
     table, images, counts = _dump_patches(source, list(channels), patch, detector.bundle, workdir, workers)
     objects = _classify(detector, embed(detector.model, images)["embedding"], threshold, targets)
     objects = pd.concat([table[["object_id"]], objects, table[QC_FLAGS]], axis=1)
@@ -119,27 +127,46 @@ def predict_sample(
         origin=detector.origin,
         dropped=int(counts[DROPPED_COUNTS].to_numpy().sum()),
         recommended=recommended,
+        alarm_note=note,
     )
     order = _most_confident_targets(objects)
     return {"objects": objects, "summary": summary, "target_images": images[order], "target_rows": order}
 
 
-def _checked_request(detector: Detector, threshold: float, targets: list[str], alarm: dict, validation) -> dict:
-    """The alarm rule, once the request is known to be one the detector can answer; checked before the dump is read,
-    which takes the longest."""
+def gallery_classes(detector: Detector) -> list[str]:
+    """The classes of the detector's classifier that its network was not trained on: those a gallery added."""
+    trained = set(detector.bundle["class_names"])
+    return [name for name in detector.class_names if name not in trained]
+
+
+def _checked_request(
+    detector: Detector, threshold: float, targets: list[str], alarm: dict, validation
+) -> tuple[dict, str | None]:
+    """``(rule, note)``: the alarm rule to apply, once the request is known to be one the detector can answer, and
+    None, or, for a calibrated rule with a gallery class among the targets, :data:`COUNT_RULE` and the sentence that
+    says why; checked before the dump is read, which takes the longest."""
     rule = alarm_rule(alarm)
-    if "false_alarm_rate" in rule and validation is None:
-        raise InputError(
-            "alarm.false_alarm_rate: the evaluation recorded no validation false positives for this classifier at "
-            f"threshold {threshold} and targets {targets}; keep the evaluation's threshold and targets, or give "
-            "alarm.min_targets"
-        )
     if isinstance(threshold, bool) or not 0 <= threshold <= 1:
         raise InputError(f"threshold: {threshold} is not a confidence in [0, 1]")
     stray = [target for target in targets if target not in detector.class_names]
     if stray:
         raise InputError(f"targets: {stray} are not classes of the classifier ({', '.join(detector.class_names)})")
-    return rule
+    if "false_alarm_rate" not in rule:
+        return rule, None
+    added = [target for target in targets if target in gallery_classes(detector)]
+    if added:
+        return COUNT_RULE, (
+            f"The calibrated rule (false_alarm_rate {rule['false_alarm_rate']:g}) cannot be computed for the gallery "
+            f"class(es) {', '.join(added)}, which the evaluation never saw: the count rule (min_targets "
+            f"{COUNT_RULE['min_targets']}) is applied instead."
+        )
+    if validation is None:
+        raise InputError(
+            "alarm.false_alarm_rate: the evaluation recorded no validation false positives for this classifier at "
+            f"threshold {threshold} and targets {targets}; keep the evaluation's threshold and targets, or give "
+            "alarm.min_targets"
+        )
+    return rule, None
 
 
 def _classify(detector: Detector, X: np.ndarray, threshold: float, targets: list[str]) -> pd.DataFrame:
@@ -183,13 +210,15 @@ def summarize(
     origin: str,
     dropped: int = 0,
     recommended: dict | None = None,
+    alarm_note: str | None = None,
 ) -> dict:
     """The sample's counts and alarm from its objects table (columns ``predicted``, ``is_target`` and QC flags).
 
     ``counts`` has every class of ``class_names`` (zeros included) and ``unknown``; ``target_count`` is the number of
     objects called a target class; ``alarm`` is True when it reaches ``alarm_at``, the count the rule asks of a
     sample of this size (the spiked table's "alarm at") (:func:`~cytodml.evaluate.detection.alarm_count`; ``validation`` for a calibrated rule).
-    ``recommended`` (the experiment's recommended model, where it is the one applied) is kept as given.
+    ``recommended`` (the experiment's recommended model, where it is the one applied) is kept as given, and so is
+    ``alarm_note`` (why ``alarm_rule``, the rule applied, is not the one asked; None where it is).
     """
     rule = alarm_rule(alarm)
     alarm_at = alarm_count(rule, len(objects), *(validation or (None, None)))
@@ -206,6 +235,7 @@ def summarize(
         "alarm": target_count >= alarm_at,
         "alarm_at": alarm_at,
         "alarm_rule": rule,
+        "alarm_note": alarm_note,
         "validation": list(validation) if validation else None,
         "threshold": float(threshold),
         "classifier": classifier,

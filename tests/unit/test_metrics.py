@@ -2,13 +2,20 @@
 
 import numpy as np
 import pytest
+import torch
+from pytorch_metric_learning.distances import LpDistance
 from pytorch_metric_learning.utils.accuracy_calculator import AccuracyCalculator
+from pytorch_metric_learning.utils.inference import CustomKNN
 from sklearn import metrics as skm
+from sklearn.cluster import KMeans
 
 from cytodml.errors import InputError
 from cytodml.evaluate.metrics import (
+    KMEANS_RESTARTS,
+    RECALL_AT,
     auroc,
     binary_metrics,
+    cluster_agreement,
     cluster_metrics,
     confusion_long,
     mean_ci,
@@ -178,25 +185,118 @@ def test_cluster_metrics_match_scikit_learn_and_need_two_classes():
 def test_retrieval_metrics_by_hand():
     X = np.array([[0.0], [1.0], [1.8], [10.0], [11.0]])
     y = np.array([0, 1, 1, 0, 1])
-    # query: R, labels of the others by distance -> hit at 1, AP@R
-    # 0: R 1, [1 1 0 1] -> miss, 0;  1: R 2, [1 0 ..] -> hit, (1/1) / 2;  1.8: R 2, [1 0 ..] -> hit, 1/2
-    # 10: R 1, [1 ..] -> miss, 0;  11: R 2, [0 1 ..] -> miss, (1/2) / 2
+    # query: R, labels of the others by distance -> hit at 1, AP@R, R-precision, first same-class rank
+    # 0: R 1, [1 1 0 1] -> miss, 0, 0, 3;  1: R 2, [1 0 0 1] -> hit, (1/1) / 2, 1/2, 1;  1.8: the same as 1
+    # 10: R 1, [1 1 1 0] -> miss, 0, 0, 4;  11: R 2, [0 1 1 0] -> miss, (1/2) / 2, 1/2, 2
     result = retrieval_metrics(X, y)
     assert result["precision_at_1"] == pytest.approx(2 / 5)
     assert result["map_at_r"] == pytest.approx((0 + 1 / 2 + 1 / 2 + 0 + 1 / 4) / 5)
+    assert result["r_precision"] == pytest.approx((0 + 1 / 2 + 1 / 2 + 0 + 1 / 2) / 5)
+    # recall_at_8 ranks all 4 others
+    recall = [result[f"recall_at_{k}"] for k in RECALL_AT]
+    assert RECALL_AT == (1, 2, 4, 8)
+    assert recall == pytest.approx([2 / 5, 3 / 5, 5 / 5, 5 / 5])
+
+
+def test_retrieval_metrics_are_nan_without_a_class_of_two():
+    result = retrieval_metrics(np.eye(3), [0, 1, 2])
+    assert list(result) == ["precision_at_1", "map_at_r", "r_precision", *(f"recall_at_{k}" for k in RECALL_AT)]
+    assert all(np.isnan(value) for value in result.values())
+
+
+def clustered(seed, sizes, dim=8, spread=0.8):
+    """Gaussian classes of the given sizes around centres ``spread`` apart along the diagonal, rows shuffled."""
+    rng = np.random.default_rng(seed)
+    y = rng.permutation(np.repeat(np.arange(len(sizes)), sizes))
+    X = rng.normal(size=(len(y), dim)) + spread * y[:, None]
+    return X.astype(np.float32), y
+
+
+# uneven classes: one large, small ones below the deepest K (8), one of two and one of a single sample
+SIZES = (150, 90, 60, 40, 7, 5, 3, 2, 1)
 
 
 @pytest.mark.parametrize("chunk_elements", [2**24, 500])
 def test_retrieval_metrics_match_pytorch_metric_learning(chunk_elements):
-    rng = np.random.default_rng(2)
-    y = rng.integers(0, 6, 400)
-    y[:2] = 9, 10  # classes of one sample: nothing to retrieve, left out as in pytorch-metric-learning
-    X = (rng.normal(size=(400, 8)) + 0.8 * y[:, None]).astype(np.float32)
-    expected = AccuracyCalculator(include=("precision_at_1", "mean_average_precision_at_r")).get_accuracy(X, y)
+    X, y = clustered(2, SIZES)
+    calculator = AccuracyCalculator(
+        include=("precision_at_1", "r_precision", "mean_average_precision_at_r"),
+        k="max_bin_count",
+        device=torch.device("cpu"),
+        knn_func=CustomKNN(LpDistance(normalize_embeddings=False)),
+    )
+    # query = reference; the class of one sample has nothing to retrieve, left out as in pytorch-metric-learning
+    expected = calculator.get_accuracy(X, y, X, y, ref_includes_query=True)
     result = retrieval_metrics(X, y, chunk_elements=chunk_elements)
-    assert 0.1 < result["map_at_r"] < 0.9
+    assert 0.1 < result["map_at_r"] < result["r_precision"] < result["precision_at_1"] < 0.95
     assert result["precision_at_1"] == pytest.approx(expected["precision_at_1"], abs=1e-9)
+    assert result["r_precision"] == pytest.approx(expected["r_precision"], abs=1e-9)
     assert result["map_at_r"] == pytest.approx(expected["mean_average_precision_at_r"], abs=1e-9)
+
+
+def brute_force_recall(X, y, k):
+    """Share of the queries with another sample of their class that have one among their k nearest others."""
+    X = np.asarray(X, dtype=np.float64)
+    distance = np.sqrt(((X[:, None, :] - X[None, :, :]) ** 2).sum(axis=2))
+    np.fill_diagonal(distance, np.inf)
+    order = np.argsort(distance, axis=1, kind="stable")[:, : len(X) - 1]  # the others, nearest first
+    hits = [(y[order[i, :k]] == y[i]).any() for i in range(len(X)) if (y == y[i]).sum() > 1]
+    return np.mean(hits)
+
+
+@pytest.mark.parametrize(
+    ("sizes", "chunk_elements"),
+    [(SIZES, 2**24), (SIZES, 500), ((3, 2, 1), 2**24), ((2, 2, 2), 7)],  # the last two: K = 8 > N - 1
+)
+def test_recall_at_k_matches_a_brute_force_ranking(sizes, chunk_elements):
+    X, y = clustered(4, sizes, spread=0.5)
+    result = retrieval_metrics(X, y, chunk_elements=chunk_elements)
+    for k in RECALL_AT:
+        assert result[f"recall_at_{k}"] == pytest.approx(brute_force_recall(X, y, k), abs=1e-12), k
+    recall = [result[f"recall_at_{k}"] for k in RECALL_AT]
+    assert recall == sorted(recall)
+    assert result["recall_at_1"] == result["precision_at_1"]
+    if len(y) <= 9:
+        assert result["recall_at_8"] == 1.0  # every other sample is among the 8 nearest
+
+
+def test_retrieval_metrics_do_not_depend_on_the_chunk_size():
+    X, y = clustered(5, SIZES, spread=0.5)
+    whole = retrieval_metrics(X, y)
+    for chunk_elements in (1, 333, len(y) * 7):
+        assert retrieval_metrics(X, y, chunk_elements=chunk_elements) == pytest.approx(whole, abs=1e-12)
+
+
+def sklearn_kmeans(seed):
+    """The k-means of cluster_agreement in the form of AccuracyCalculator's kmeans_func(embeddings, clusters)."""
+
+    def kmeans(x, clusters):
+        fitted = KMeans(n_clusters=clusters, n_init=KMEANS_RESTARTS, random_state=seed)
+        return torch.from_numpy(fitted.fit_predict(x.cpu().numpy().astype(np.float64)))
+
+    return kmeans
+
+
+def test_cluster_agreement_matches_pytorch_metric_learning_and_scikit_learn():
+    X, y = clustered(6, (60, 40, 25, 10, 5), dim=4, spread=1.5)
+    result = cluster_agreement(X, y, seed=3)
+    calculator = AccuracyCalculator(include=("NMI", "AMI"), device=torch.device("cpu"), kmeans_func=sklearn_kmeans(3))
+    expected = calculator.get_accuracy(X, y, X, y, ref_includes_query=True)
+    assert 0.2 < result["ami"] < result["nmi"] < 0.95
+    assert result["nmi"] == pytest.approx(expected["NMI"], abs=1e-12)
+    assert result["ami"] == pytest.approx(expected["AMI"], abs=1e-12)
+    clusters = KMeans(n_clusters=5, n_init=KMEANS_RESTARTS, random_state=3).fit_predict(X.astype(np.float64))
+    assert result["nmi"] == pytest.approx(skm.normalized_mutual_info_score(y, clusters), abs=1e-12)
+    assert result["ami"] == pytest.approx(skm.adjusted_mutual_info_score(y, clusters), abs=1e-12)
+    assert cluster_agreement(X, y, seed=3) == result
+
+
+def test_cluster_agreement_needs_two_classes_and_more_samples_than_classes():
+    X, y = clustered(7, (10, 10), dim=3)
+    for labels, rows in ((np.zeros(20), X), (np.arange(3), X[:3]), (np.array([0, 1, 1]), X[:3])):
+        result = cluster_agreement(rows, labels, seed=0)
+        assert list(result) == ["nmi", "ami"]
+        assert np.isnan(result["nmi"]) == np.isnan(result["ami"]) == (labels.tolist() != [0, 1, 1]), labels
 
 
 def test_auroc_matches_scikit_learn_and_is_nan_with_one_class():

@@ -30,12 +30,13 @@ from cytodml.errors import InputError
 from cytodml.evaluate.classifiers import CentroidClassifier, SVMClassifier
 from cytodml.evaluate.detector import load_detector, save_detector
 from cytodml.evaluate.operating_point import read_evaluation
+from cytodml.evaluate.protocols import generalised_accuracy
 from cytodml.evaluate.recommend import rank_models, validation_scores
 from cytodml.evaluate.run import evaluate_trial, write_trial
-from cytodml.learn.embed import embedding_table, load_model
+from cytodml.learn.embed import embed, embedding_table, load_model
 from cytodml.learn.inputs import class_labels, known_classes, subset_images
 from cytodml.learn.trainer import train
-from cytodml.predict import add_gallery, predict_sample, summarize
+from cytodml.predict import COUNT_RULE, add_gallery, gallery_classes, predict_sample, summarize
 from cytodml.report.sample import write_prediction
 from cytodml.report.tables import aggregate, collect_trials, sum_confusion, write_tables
 
@@ -288,6 +289,71 @@ def test_gallery_recognises_a_class_it_was_not_trained_on(study, tmp_path):
     pd.testing.assert_frame_equal(again, objects)
 
 
+def test_gallery_target_takes_the_count_rule_where_the_calibrated_one_cannot_be_computed(study, tmp_path):
+    """The evaluation never saw a gallery class, so it has no false positives for it: a calibrated alarm with one
+    among the targets falls back on the count rule, and the summary and its report say so; a target the network was
+    trained on without the evaluation's false positives is still refused."""
+    centroid = load_detector(study["model"], study["classifiers"], "centroid")
+    extended = add_gallery(centroid, render(tmp_path / "g", {"pollen": 5}, seed=104), channels=CHANNELS, patch=PATCH)
+    assert gallery_classes(extended) == ["pollen"] and gallery_classes(centroid) == []
+    targets, rule = [*TARGETS, "pollen"], {"false_alarm_rate": 0.01}
+    threshold, validation = read_evaluation(
+        study["metrics_path"], "centroid", targets=targets, evaluated_targets=TARGETS
+    )
+    assert validation is None  # the evaluation's targets were others
+    source = render(tmp_path / "s", {"pollen": 6, "bead": 6}, seed=109)
+    result = run(extended, source, 0.5, targets=targets, alarm=rule, validation=validation)
+    summary = result["summary"]
+    assert summary["alarm_rule"] == COUNT_RULE == {"min_targets": 1} and summary["alarm_at"] == 1
+    assert summary["target_count"] >= 1 and summary["alarm"] and summary["validation"] is None
+    note = summary["alarm_note"]
+    assert "false_alarm_rate 0.01" in note and "gallery class(es) pollen" in note and "min_targets 1" in note
+    write_prediction(result, tmp_path / "o")
+    text = (tmp_path / "o" / "summary.md").read_text()
+    assert note in text and "**ALARM**" in text and "a blank sample of" not in text
+    # a calibrated rule with trained targets only: no note, and still refused without the evaluation's count
+    assert run(centroid, source, 0.5)["summary"]["alarm_note"] is None
+    with pytest.raises(InputError, match="alarm.false_alarm_rate: the evaluation recorded no validation"):
+        run(extended, source, 0.5, targets=TARGETS, alarm=rule, validation=None)
+
+
+@pytest.mark.parametrize("classifier", ["centroid", "knn"])
+def test_gallery_path_gives_the_generalised_episodic_accuracy_of_its_support_set(study, tmp_path, capsys, classifier):
+    """K = 3 pollen grains added by `cytodml gallery`, then a dump of unseen pollen and known objects predicted by
+    arg-max (threshold 0): per class, the share called right equals what the evaluation's generalised setting
+    computes from the same support and query images (novel accuracy, base accuracy, and so their harmonic mean)."""
+    examples = render(tmp_path / "examples", {"pollen": 3}, seed=111)
+    extended = tmp_path / "gallery.joblib"
+    gallery = cli(study, "gallery", classifier=classifier)
+    assert main([*gallery, "--examples", examples["path"], "--out", str(extended)]) == 0
+    queries = render(tmp_path / "queries", {"pollen": 12, "bead": 6, "debris": 6, "giardia": 6}, seed=112)
+    objects = run(load_detector(study["model"], extended, classifier), queries, 0.0)["objects"]
+    called = (objects["predicted"] == truth(objects)).groupby(truth(objects)).mean()
+
+    model = load_model(study["model"])
+    evaluated = joblib.load(study["classifiers"])[classifier]
+
+    def embedded(source, where):
+        raw = ingest(source, CHANNELS)
+        table, _ = make_patches(raw, PATCH, tmp_path / f"{where}.npy")
+        return embed(model, np.load(tmp_path / f"{where}.npy"))["embedding"], table["class_name"].to_numpy()
+
+    X_support, _ = embedded(examples, "support")
+    X_query, names = embedded(queries, "query")
+    label_of = {name: label for label, name in enumerate(sorted(SOURCE["classes"]))}  # the data set's labels
+    result = generalised_accuracy(
+        evaluated,
+        X_support,
+        np.full(len(X_support), label_of["pollen"]),
+        X_query,
+        np.array([label_of[name] for name in names]),
+    )
+    expected = {name: result["per_class"][label_of[name]] for name in called.index}
+    assert called.to_dict() == pytest.approx(expected, abs=1e-12)
+    assert result["novel"] == pytest.approx(called["pollen"])
+    assert result["base"] == pytest.approx(called.drop("pollen").mean())
+
+
 def test_gallery_needs_a_classifier_that_takes_new_classes(gmm, tmp_path):
     with pytest.raises(InputError, match="cannot take new classes.*centroid or knn"):
         add_gallery(gmm, render(tmp_path / "g", {"pollen": 2}, seed=106), channels=CHANNELS, patch=PATCH)
@@ -406,9 +472,13 @@ def test_command_line_gallery_then_predict(study, tmp_path, capsys):
     dump = render(tmp_path / "s", {"pollen": 6, "bead": 6}, seed=109)["path"]
     predict = cli(study, "predict", classifiers=extended, classifier="centroid")
     options = ["--threshold", "0.5", "--targets", "pollen", "--dump", dump, "--out", str(tmp_path / "out")]
-    assert main([*predict, *options]) == 0
+    assert main([*predict, *options, "--false-alarm-rate", "0.01"]) == 0
     objects = pd.read_csv(tmp_path / "out" / "objects.csv")
     assert "distance_pollen" in objects and (objects["predicted"] == "pollen").any()
+    # a calibrated rule cannot be computed for the gallery class: the count rule, said on the command line and in the
+    # summary
+    note = "cannot be computed for the gallery class(es) pollen"
+    assert note in capsys.readouterr().out and note in (tmp_path / "out" / "summary.md").read_text()
 
 
 def test_command_line_reports_bad_input_in_one_line(study, tmp_path, capsys):

@@ -90,6 +90,38 @@ def list_classes(source: dict) -> list[str] | None:
     return sorted(entry.name for entry in path.iterdir() if entry.is_dir() and not is_ignored(entry.name))
 
 
+def class_sizes(source: dict) -> dict[str, int] | None:
+    """Objects per class of ``source`` from the config, a label array, a table or a folder listing (no image is
+    read); None where not knowable cheaply (a montage's filler tiles are found by patching). Patching may still drop
+    some (quality control), so a size here is an upper bound."""
+    kind = source.get("kind")
+    path = Path(source.get("path", ""))
+    if kind == "synthetic" and source.get("classes"):
+        return {name: int(count) for name, count in source["classes"].items() if count}
+    if kind == "medmnist" and source.get("class_names") and path.is_file():
+        with np.load(path) as archive:
+            labels = [
+                archive[f"{subset}_labels"].ravel() for subset in MEDMNIST_SUBSETS if f"{subset}_labels" in archive
+            ]
+        counts = np.bincount(np.concatenate(labels).astype(np.int64), minlength=len(source["class_names"]))
+        return dict(zip(source["class_names"], counts.tolist()))
+    if kind == "manifest" and path.is_file() and path.suffix.lower() in MANIFEST_READERS:
+        table = read_manifest(path)
+        if "label" not in table:
+            return None
+        objects = table.drop_duplicates("object") if "object" in table else table
+        return {str(label): int(count) for label, count in objects["label"].value_counts().items()}
+    if kind == "folder" and path.is_dir():
+        # a multi-channel object has one file per channel: count the files of its first channel
+        token = next(iter((source.get("channel_tokens") or {"": ""}).values()))
+        return {
+            entry.name: sum(1 for file in entry.iterdir() if is_image(file) and token in file.name)
+            for entry in sorted(path.iterdir())
+            if entry.is_dir() and not is_ignored(entry.name)
+        }
+    return None
+
+
 # ------------------------------------------------------------------------------------------------- source kinds
 
 

@@ -11,7 +11,10 @@ What a trial is depends on the protocol (docs/architecture.md):
   for an experiment where only a tenth of the training images are labelled.
 - ``episodic`` (Siamese blood cells): one fixed split, 6/6/88 by default, the same table for every trial.
 
-Open-set classes never enter train or val: all their images get subset ``unknown`` (test side).
+Open-set classes never enter train or val: all their images get subset ``unknown`` (test side). Novel classes
+(``novel_classes``, :func:`cytodml.config.novel_classes_of`) are split and drawn like any other, so the other classes'
+subsets do not depend on which classes are novel; then all their images become subset ``novel``, the pool the
+novel-class few-shot evaluation draws its support and query images from.
 """
 
 import zlib
@@ -21,7 +24,7 @@ import pandas as pd
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from cytodml.config import PROTOCOLS, fill
+from cytodml.config import PROTOCOLS, fill, novel_classes_of
 from cytodml.errors import InputError, require_columns
 
 SUBSETS = ("train", "val", "test")
@@ -83,7 +86,7 @@ def make_split(
     ``experiment`` keys read, keys it lacks taking the config schema's defaults: ``protocol`` (full | fewshot |
     episodic), ``fractions`` {train, val, test}, ``shots`` (fewshot, required: an integer >= 1, images per class, or
     a fraction in (0, 1), share of each class; see :func:`_draw_shots`), ``open_set`` (class names),
-    ``drop_small_classes``, ``official_split``. Seeds come from
+    ``drop_small_classes``, ``official_split``, ``novel_classes``. Seeds come from
     :func:`trial_seed`: ``(seed, dataset, trial)`` for a full split and a few-shot draw, ``(seed, dataset)`` for the
     fixed few-shot and episodic splits. Rows of dropped classes are absent from the table.
     """
@@ -101,11 +104,16 @@ def make_split(
         split_trial = trial if protocol == "full" else None
         rng = np.random.default_rng(trial_seed(seed, dataset, split_trial))
         table, report = _stratified_split(patches, fractions, open_set, drop_small, rng)
+    known = sorted(set(patches["class_name"]) - set(open_set))
+    novel = novel_classes_of(experiment.get("novel_classes"), known, trial)
     if protocol == "fewshot":
         shots = _shots(experiment.get("shots"))
         rng = np.random.default_rng(trial_seed(seed, dataset, trial))
-        table, dropped = _draw_shots(table, shots, drop_small, rng)
+        table, dropped = _draw_shots(table, shots, drop_small, rng, exempt=novel)
         report += dropped
+    if novel:
+        table = table.assign(subset=np.where(table["class_name"].isin(novel), "novel", table["subset"]))
+        report.append(f"novel classes of trial {trial} (every image in the novel pool): {', '.join(novel)}")
     return table, report + _summary(table)
 
 
@@ -288,7 +296,7 @@ def _official_split(patches: pd.DataFrame, open_set: list[str]) -> tuple[pd.Data
 
 
 def _draw_shots(
-    table: pd.DataFrame, shots: int | float, drop_small: bool, rng: np.random.Generator
+    table: pd.DataFrame, shots: int | float, drop_small: bool, rng: np.random.Generator, exempt=()
 ) -> tuple[pd.DataFrame, list[str]]:
     """Few-shot trial: some training images per class become ``train``, some validation images per class stay ``val``;
     the rest of both sides becomes ``pool``.
@@ -297,13 +305,14 @@ def _draw_shots(
     with ``drop_small``) and ``min(K, N_c)`` validation images of a class with ``N_c`` of them. A ``float`` ``shots`` =
     f in (0, 1) draws, on each side, ``n_c = max(1, round(f * N_c))`` images of class c (rounded half up, never more
     than ``N_c``, so none where the side holds none of c); only a class without training images is too small.
-    Training draws come before validation ones, all from ``rng``.
+    Training draws come before validation ones, all from ``rng``. Classes in ``exempt`` (this trial's novel classes,
+    whose draws are discarded) are never too small.
     """
     need = shots if isinstance(shots, int) else 1
     training = table["subset"] == "train"
     known = sorted(set(table["class_name"][table["subset"] != "unknown"]))
     counts = table["class_name"][training].value_counts()
-    short = {name: int(counts.get(name, 0)) for name in known if counts.get(name, 0) < need}
+    short = {name: int(counts.get(name, 0)) for name in known if counts.get(name, 0) < need and name not in exempt}
     report = []
     if short:
         described = "; ".join(f"{name!r} has {n} training image(s)" for name, n in short.items())
@@ -349,7 +358,7 @@ def _table(patches: pd.DataFrame, subset: np.ndarray) -> pd.DataFrame:
 
 def _summary(table: pd.DataFrame) -> list[str]:
     counts = pd.crosstab(table["class_name"], table["subset"])
-    columns = [name for name in (*SUBSETS, "pool", "unknown") if name in counts]
+    columns = [name for name in (*SUBSETS, "pool", "unknown", "novel") if name in counts]
     lines = [f"{'class':<24}" + "".join(f"{name:>9}" for name in columns)]
     for name, row in counts[columns].iterrows():
         lines.append(f"{name:<24}" + "".join(f"{row[column]:>9}" for column in columns))

@@ -9,12 +9,23 @@ import numpy as np
 import pandas as pd
 import torch
 from scipy import stats
-from sklearn.metrics import davies_bouldin_score, roc_auc_score, silhouette_score
+from sklearn.cluster import KMeans
+from sklearn.metrics import (
+    adjusted_mutual_info_score,
+    davies_bouldin_score,
+    normalized_mutual_info_score,
+    roc_auc_score,
+    silhouette_score,
+)
 
 from cytodml.errors import InputError
 
 UNKNOWN = -1
 UNKNOWN_NAME = "unknown"
+#: the K of :func:`retrieval_metrics`'s recall_at_K (Oh Song et al., CVPR 2016)
+RECALL_AT = (1, 2, 4, 8)
+#: k-means starts of :func:`cluster_agreement`, the best kept
+KMEANS_RESTARTS = 10
 
 
 def _ratio(numerator, denominator):
@@ -250,38 +261,70 @@ def cluster_metrics(X, y) -> dict:
 
 
 def retrieval_metrics(X, y, chunk_elements: int = 2**24) -> dict:
-    """precision_at_1 and map_at_r, leave-one-out on the set itself (Musgrave et al., ECCV 2020).
+    """precision_at_1, map_at_r, r_precision and recall_at_K, leave-one-out on the set itself.
 
     Each sample is a query against all others, ranked by Euclidean distance. With R the number of other samples of
-    the query's class and rel(i) = 1 when the i-th nearest shares the class:
-    precision_at_1 = rel(1); map_at_r = (1 / R) sum_{i=1}^{R} rel(i) * (sum_{j <= i} rel(j)) / i. Both are means
-    over the queries with R >= 1 (a class of one sample has nothing to retrieve; NaN if no query has), as
-    pytorch-metric-learning's AccuracyCalculator computes them. Distances are computed in chunks of queries, about
-    ``chunk_elements`` matrix entries at a time.
+    the query's class and rel(i) = 1 when the i-th nearest shares the class (Musgrave et al., ECCV 2020):
+    precision_at_1 = rel(1); r_precision = (1 / R) sum_{i=1}^{R} rel(i); map_at_r = (1 / R) sum_{i=1}^{R} rel(i) *
+    (sum_{j <= i} rel(j)) / i. recall_at_K, for K in :data:`RECALL_AT`, = 1 when at least one of the K nearest
+    shares the class, max_{i <= K} rel(i) (Oh Song et al., CVPR 2016; all others when K > N - 1), so
+    recall_at_1 = precision_at_1. Each is a mean over the queries with R >= 1 (a class of one sample has nothing
+    to retrieve; NaN if no query has), as pytorch-metric-learning's AccuracyCalculator computes the first three.
+    Distances are computed in chunks of queries, about ``chunk_elements`` matrix entries at a time.
     """
     X, y = _check_embedded(X, y)
     _, codes, counts = np.unique(y, return_inverse=True, return_counts=True)
-    embeddings = torch.from_numpy(X)
-    hits_at_1, average_precision = [], []
+    embeddings, labels = torch.from_numpy(X), torch.from_numpy(codes)
+    hits, r_precision, average_precision = [], [], []
     rows = max(1, chunk_elements // len(X))
-    # Queries go class by class, so each chunk ranks only as deep as its own class's R.
+    # Queries go class by class, so each chunk ranks only as deep as its own class needs: R for r_precision and
+    # map_at_r, the largest K for recall_at_K, never more than the N - 1 others.
     for code in np.flatnonzero(counts > 1):
         R = int(counts[code]) - 1
+        depth = min(max(R, max(RECALL_AT)), len(X) - 1)
         rank = torch.arange(1, R + 1, dtype=torch.float64)
         members = np.flatnonzero(codes == code)
         for start in range(0, len(members), rows):
             query = torch.from_numpy(members[start : start + rows])
             distance = torch.cdist(embeddings[query], embeddings)
             distance[torch.arange(len(query)), query] = float("inf")
-            nearest = torch.topk(distance, R, dim=1, largest=False, sorted=True).indices
-            relevant = torch.from_numpy(codes)[nearest] == code
-            hits_at_1.append(relevant[:, 0].double())
-            average_precision.append((relevant.cumsum(dim=1) / rank * relevant).sum(dim=1) / R)
-    if not hits_at_1:
-        return {"precision_at_1": float("nan"), "map_at_r": float("nan")}
+            nearest = torch.topk(distance, depth, dim=1, largest=False, sorted=True).indices
+            relevant = labels[nearest] == code
+            found = relevant[:, :R].cumsum(dim=1, dtype=torch.float64)
+            r_precision.append(found[:, -1] / R)
+            average_precision.append((found / rank * relevant[:, :R]).sum(dim=1) / R)
+            hits.append(torch.stack([relevant[:, :k].any(dim=1) for k in RECALL_AT], dim=1).double())
+    recall_keys = [f"recall_at_{k}" for k in RECALL_AT]
+    if not hits:
+        return dict.fromkeys(["precision_at_1", "map_at_r", "r_precision", *recall_keys], float("nan"))
+    recall = torch.cat(hits).mean(dim=0).tolist()
     return {
-        "precision_at_1": float(torch.cat(hits_at_1).mean()),
+        "precision_at_1": recall[RECALL_AT.index(1)],
         "map_at_r": float(torch.cat(average_precision).mean()),
+        "r_precision": float(torch.cat(r_precision).mean()),
+        **dict(zip(recall_keys, recall, strict=True)),
+    }
+
+
+def cluster_agreement(X, y, seed: int) -> dict:
+    """nmi and ami between the classes and a k-means clustering of the embeddings into as many clusters.
+
+    k-means is sklearn's KMeans (Lloyd, k-means++ starts, the best of :data:`KMEANS_RESTARTS` by inertia,
+    ``random_state=seed``), as pytorch-metric-learning's AccuracyCalculator clusters before its NMI and AMI (there
+    with faiss). With I the mutual information of classes Y and clusters C and H the entropy:
+    nmi = I(Y; C) / ((H(Y) + H(C)) / 2) (Strehl & Ghosh 2002, arithmetic mean; sklearn
+    ``normalized_mutual_info_score``); ami = (I - E[I]) / ((H(Y) + H(C)) / 2 - E[I]), E[I] under random labellings
+    of the same sizes (Vinh et al. 2010; sklearn ``adjusted_mutual_info_score``). Both NaN with fewer than 2
+    classes or fewer than classes + 1 samples.
+    """
+    X, y = _check_embedded(X, y)
+    classes = len(np.unique(y))
+    if classes < 2 or len(X) < classes + 1:
+        return {"nmi": float("nan"), "ami": float("nan")}
+    clusters = KMeans(n_clusters=classes, n_init=KMEANS_RESTARTS, random_state=seed).fit_predict(X)
+    return {
+        "nmi": float(normalized_mutual_info_score(y, clusters)),
+        "ami": float(adjusted_mutual_info_score(y, clusters)),
     }
 
 

@@ -9,7 +9,12 @@ Views (the ``view`` column of the metrics table):
   confidence reaches the threshold (Luo et al., RSC Adv 2021);
 - ``open_set``: known test images against images of classes never trained on, at the threshold;
 - ``latent``: clustering and retrieval quality of the known test embeddings themselves (classifier ``embedding``);
-- ``episodic`` (episodic protocol): nearest-prototype accuracy over N-way K-shot episodes (classifier ``prototype``).
+- ``episodic`` (episodic protocol): nearest-prototype accuracy over N-way K-shot episodes (classifier ``prototype``);
+- ``novel_rejection`` (with ``novel_classes``): how the classifiers treat the novel classes' images before any example
+  of them is added, as open-set images: ``rejection_rate`` at the threshold, ``auroc`` against the known test images;
+- ``novel_latent``: the ``latent`` metrics of the novel classes' images (classifier ``embedding``).
+
+With ``novel_classes``, ``novel.csv`` holds the few-shot accuracy on them (:func:`novel_episodes`).
 
 A softmax network's own output is reported as one more classifier, ``softmax``: its class probabilities, whose maximum
 is the confidence, so the softmax confidence and a metric-learning classifier's confidence meet the same threshold on
@@ -32,16 +37,32 @@ from cytodml.evaluate.metrics import (
     UNKNOWN,
     auroc,
     binary_metrics,
+    cluster_agreement,
     cluster_metrics,
     confusion_long,
     multiclass_metrics,
     per_class_metrics,
     retrieval_metrics,
 )
-from cytodml.evaluate.protocols import episodic_accuracy
+from cytodml.evaluate.protocols import episodic_accuracy, few_shot_accuracy, generalised_episodes
 from cytodml.io import atomic_path, write_csv, write_parquet
 
 SCORED = ("val", "test", "unknown")
+#: the columns of novel.csv (:func:`novel_episodes`)
+NOVEL_COLUMNS = [
+    "setting",
+    "method",
+    "ways",
+    "shots",
+    "scope",
+    "class_name",
+    "accuracy",
+    "ci_low",
+    "ci_high",
+    "episodes",
+]
+#: the settings of novel.csv, in order; the position seeds a setting's episodes
+NOVEL_SETTINGS = ("novel", "base", "generalised")
 REQUIRED_COLUMNS = ("index", "subset", "label", "class_name", "embedding")
 log = logging.getLogger(__name__)
 
@@ -50,9 +71,12 @@ def _check_table(embeddings: pd.DataFrame, class_names: list[str], loss: str) ->
     """Validate the embed stage's table; return the data-set label of each known class, in ``class_names`` order."""
     where = f"embeddings of loss {loss!r}"
     require_columns(embeddings, REQUIRED_COLUMNS, where)
-    stray = sorted(set(embeddings["subset"]) - {"train", "pool", *SCORED})
+    stray = sorted(set(embeddings["subset"]) - {"train", "pool", "novel", *SCORED})
     if stray:
         raise InputError(f"{where}: unknown subset value(s) {stray}")
+    novel_known = set(embeddings.loc[embeddings["subset"] == "novel", "class_name"]) & set(class_names)
+    if novel_known:
+        raise InputError(f"{where}: novel class(es) {sorted(novel_known)} have training images")
     pairs = embeddings[["class_name", "label"]].drop_duplicates()
     for column in ("class_name", "label"):
         repeated = pairs[column][pairs[column].duplicated()]
@@ -295,9 +319,15 @@ def evaluate_trial(
             int((rows.on_sample & ~rows.is_target).sum()),
         )
     X_test, y_test = X[is_scored][rows.is_test], rows.y[rows.is_test]
-    parts["metrics"] += _rows(
-        "embedding", "latent", cluster_metrics(X_test, y_test) | retrieval_metrics(X_test, y_test)
-    )
+    parts["metrics"] += _rows("embedding", "latent", latent_metrics(X_test, y_test, seed))
+    novel = pd.DataFrame(columns=NOVEL_COLUMNS)
+    if (subset == "novel").any():
+        thresholds = {row["classifier"]: row["threshold"] for row in parts["open_set"]}
+        parts["metrics"] += _novel_rejection(table, X, fitted, calls, thresholds, rows)
+        X_novel, y_novel = X[subset == "novel"], table["label"].to_numpy()[subset == "novel"]
+        parts["metrics"] += _rows("embedding", "novel_latent", latent_metrics(X_novel, y_novel, seed))
+        name_of = dict(zip(table["label"], table["class_name"]))
+        novel = novel_episodes(experiment, fitted, (X_test, y_test), (X_novel, y_novel), name_of, seed)
     episodes = pd.DataFrame(columns=["class_name", "accuracy", "ci_low", "ci_high", "episodes"])
     if experiment["protocol"] == "episodic":
         episodes = _episodes(experiment, X_test, np.array([class_names[known_labels.index(v)] for v in y_test]), seed)
@@ -305,7 +335,107 @@ def evaluate_trial(
         # episode-weighted mean of the per-class accuracies.
         overall = np.average(episodes["accuracy"], weights=episodes["episodes"])
         parts["metrics"] += _rows("prototype", "episodic", {"accuracy": overall})
-    return _tables(parts) | {"episodes": episodes, "classifiers": fitted}
+    return _tables(parts) | {"episodes": episodes, "novel": novel, "classifiers": fitted}
+
+
+def latent_metrics(X, y, seed: int) -> dict:
+    """Clustering and retrieval quality of labelled embeddings: silhouette, Davies-Bouldin, precision@1, MAP@R,
+    R-precision, Recall@K, and the NMI and AMI of k-means (:mod:`cytodml.evaluate.metrics`)."""
+    return cluster_metrics(X, y) | retrieval_metrics(X, y) | cluster_agreement(X, y, seed=seed)
+
+
+def _novel_rejection(table: pd.DataFrame, X: np.ndarray, fitted: dict, calls: dict, thresholds: dict, rows: _Scored):
+    """Per classifier, the novel images as open-set ones before any is added (:func:`open_set_results` against the
+    known test images): ``rejection_rate`` (called unknown at the classifier's threshold), ``auroc``,
+    ``known_lost_rate``, ``threshold``."""
+    is_novel = table["subset"].to_numpy() == "novel"
+    metrics = []
+    for name, (classes, proba, confidence) in calls.items():
+        if name == "softmax":
+            novel_confidence = np.stack(table.loc[is_novel, "probability"].to_numpy()).max(axis=1)
+        else:
+            novel_confidence = fitted[name].confidence(X[is_novel])
+        test = rows.is_test
+        predicted = classes[np.argmax(proba, axis=1)]
+        result = open_set_results(confidence[test], predicted[test], rows.y[test], novel_confidence, thresholds[name])
+        values = {
+            "rejection_rate": 1 - result["false_alarm_rate"],
+            "auroc": result["auroc"],
+            "known_lost_rate": result["known_lost_rate"],
+            "threshold": thresholds[name],
+        }
+        metrics += _rows(name, "novel_rejection", values)
+    return metrics
+
+
+def _episode_seed(seed: int, setting: str, shots: int) -> int:
+    """The seed of one setting's episodes at ``shots``: the same for every loss of a trial, so that losses meet the
+    same episodes, and unrelated between settings and shots."""
+    state = np.random.SeedSequence([seed, NOVEL_SETTINGS.index(setting), shots]).generate_state(1, np.uint64)[0]
+    return int(state >> np.uint64(1))
+
+
+def novel_episodes(experiment: dict, fitted: dict, base_test: tuple, novel: tuple, name_of: dict, seed: int):
+    """The few-shot accuracy on the novel classes, the rows of novel.csv (:data:`NOVEL_COLUMNS`), for each K of
+    ``novel_episodes.shots``:
+
+    - setting ``novel``: N-way K-shot episodes on the novel pool, each query named by every method of
+      :func:`~cytodml.evaluate.protocols.few_shot_accuracy` (``scope`` ``all`` and per ``class``);
+    - setting ``base``: the same N and K on the base classes' test images (those with K + Q of them), so that base and
+      novel compare at the same N;
+    - setting ``generalised``: each fitted classifier that takes new classes without refitting (centroid, kNN)
+      extended with the K support images of every novel class, on queries of the base and novel classes together
+      (:func:`~cytodml.evaluate.protocols.generalised_episodes`; ``ways`` is the number of novel classes).
+
+    ``base_test`` and ``novel`` are ``(embeddings, data-set labels)``; ``name_of`` maps a label to its class name.
+    """
+    spec = experiment["novel_episodes"]
+    X_base, y_base = base_test
+    X_novel, y_novel = novel
+    n_novel = len(np.unique(y_novel))
+    ways, queries, count = spec.get("ways", n_novel), spec["queries"], spec["count"]
+    parts = []
+    for shots in spec["shots"]:
+        parts.append(
+            few_shot_accuracy(
+                X_novel, y_novel, ways, shots, queries, count, _episode_seed(seed, "novel", shots)
+            ).assign(setting="novel", ways=ways, shots=shots)
+        )
+        labels, sizes = np.unique(y_base, return_counts=True)
+        eligible = np.isin(y_base, labels[sizes >= shots + queries])
+        if len(labels[sizes >= shots + queries]) >= ways:
+            base = few_shot_accuracy(
+                X_base[eligible], y_base[eligible], ways, shots, queries, count, _episode_seed(seed, "base", shots)
+            )
+            parts.append(base.assign(setting="base", ways=ways, shots=shots))
+        else:
+            log.warning(
+                "base episodes at %d-shot skipped: %d base classes have %d + %d test images, %d-way episodes need %d",
+                shots,
+                int((sizes >= shots + queries).sum()),
+                shots,
+                queries,
+                ways,
+                ways,
+            )
+        for name, classifier in fitted.items():
+            if not hasattr(classifier, "add_classes"):
+                continue
+            generalised = generalised_episodes(
+                classifier,
+                X_base,
+                y_base,
+                X_novel,
+                y_novel,
+                shots,
+                queries,
+                count,
+                _episode_seed(seed, "generalised", shots),
+            )
+            parts.append(generalised.assign(setting="generalised", method=name, ways=n_novel, shots=shots))
+    table = pd.concat(parts, ignore_index=True)
+    named = table["class_name"].map(lambda label: name_of.get(label, label) if label != "" else "")
+    return table.assign(class_name=named)[NOVEL_COLUMNS]
 
 
 def _scored_rows(scored: pd.DataFrame, experiment: dict, known_labels: list[int], class_names, seed) -> _Scored:
@@ -352,7 +482,7 @@ def write_trial(results: dict[str, object], out_dir) -> None:
     episodes outside the episodic protocol) is written with its header only, so every trial has the same files.
     """
     out_dir = Path(out_dir)
-    for name in ("metrics", "confusion", "per_class", "spiked", "open_set", "episodes"):
+    for name in ("metrics", "confusion", "per_class", "spiked", "open_set", "episodes", "novel"):
         write_csv(results[name], out_dir / f"{name}.csv")
     write_parquet(results["predictions"], out_dir / "predictions.parquet")
     with atomic_path(out_dir / "classifiers.joblib") as tmp:

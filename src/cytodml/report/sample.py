@@ -66,7 +66,8 @@ def target_montage(images: np.ndarray, objects: pd.DataFrame, path, limit: int =
 
 
 def summary_markdown(summary: dict, montage: str | None = None) -> str:
-    """A one-page Markdown report of a sample: the alarm, the counts per class, the settings, the montage link."""
+    """A one-page Markdown report of a sample: the alarm (and ``alarm_note``, where the rule applied is not the one
+    asked), the counts per class, the settings, the montage link."""
     alarm = "**ALARM**" if summary["alarm"] else "no alarm"
     found = ", ".join(f"{name} {count}" for name, count in summary["target_counts"].items())
     lines = [
@@ -74,7 +75,8 @@ def summary_markdown(summary: dict, montage: str | None = None) -> str:
         "",
         f"{alarm}: {summary['target_count']} target(s) called ({found}) among {summary['objects']} objects; the rule "
         f"raises the alarm at {summary['alarm_at']} or more objects called a target class "
-        f"({', '.join(summary['targets'])}) with confidence >= {summary['threshold']:g}.{_calibration(summary)}",
+        f"({', '.join(summary['targets'])}) with confidence >= {summary['threshold']:g}.{_calibration(summary)}"
+        + (f" {summary['alarm_note']}" if summary.get("alarm_note") else ""),
         "",
         "| class | objects |",
         "|---|---:|",
