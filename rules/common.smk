@@ -28,7 +28,9 @@ from cytodml.errors import InputError
 # does, and the rules read the filled config. Snakemake's own validate is not used: its defaults skip $ref targets
 # and the defaults that depend on the protocol or the network.
 try:
-    config.update(validate_config(config, list_classes=list_classes, class_sizes=class_sizes))
+    config.update(
+        validate_config(config, list_classes=list_classes, class_sizes=class_sizes)
+    )
 except InputError as error:
     raise WorkflowError(f"config: {error}") from None
 

@@ -55,5 +55,8 @@ rule aggregate:
         # what the recommended model is chosen by (cytodml.evaluate.recommend)
         recommend=experiment_keys(("targets", "classifiers")),
         baseline=lambda wildcards: experiment_of(wildcards).get("baseline"),
+        novel_queries=lambda wildcards: experiment_of(wildcards)["novel_episodes"][
+            "queries"
+        ],
     script:
         "../scripts/aggregate.py"

@@ -1,6 +1,9 @@
 """Mean +- std over trials of every loss x classifier x metric, paired tests against softmax, paper-style tables, the
-recommended model (the best on the validation images), and, with a baseline experiment (input baseline_metrics), the
-per-trial gain over the same losses trained from random weights."""
+recommended model (the best on the validation images), the retrieval and novel-class few-shot tables, and, with a
+baseline experiment (input baseline_metrics), the per-trial gain over the same losses trained from random weights.
+
+params.novel_queries (optional): the novel episodes' queries per class, for the novel table's footnote.
+"""
 
 from pathlib import Path
 
@@ -50,8 +53,12 @@ with logged(snakemake.log[0]) as log:
         ranking=ranking,
         experiment=snakemake.wildcards.experiment,
         paired=paired,
+        novel=tables["novel"],
+        novel_queries=snakemake.params.get("novel_queries"),
     )
     log.info("tables of %d trials written to %s", len(trial_dirs), snakemake.output.tables)
+    if tables["novel"] is not None:
+        log.info("novel-class tables of %d rows over %d trials", len(tables["novel"]), len(trial_dirs))
     if ranking.empty:
         log.info("no recommended model: no trial scored validation images")
     else:

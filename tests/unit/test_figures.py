@@ -1,5 +1,6 @@
 """Figures: each draws from a small results fixture, writes a non-empty PNG and PDF, and labels its axes."""
 
+import itertools
 from collections import OrderedDict
 
 import numpy as np
@@ -408,3 +409,41 @@ def test_display_image_keeps_the_colours_of_a_photograph_and_stretches_instrumen
     shown = qc.display_image(ifc.astype(np.uint16))
     assert shown.shape == (4, 8)  # two channels side by side, each stretched to [0, 1]
     assert shown[:, :4].min() == 0 and shown[:, :4].max() == 1 and shown[:, 4:].max() == 1
+
+
+# ----------------------------------------------------------------------------------------------------- novel classes
+
+
+def novel_table() -> pd.DataFrame:
+    """novel.csv of two losses x two trials stacked: 3-way episodes at 1, 5 and 10 shots per method on the novel and
+    the base classes (base 20 points higher), a per-class row each, and generalised rows the figure leaves out."""
+    rows = []
+    for loss, trial, shots in itertools.product(LOSSES, (0, 1), (1, 5, 10)):
+        key = {"loss": loss, "trial": trial, "ways": 3, "shots": shots}
+        accuracy = 0.4 + 0.04 * shots + 0.05 * trial
+        for setting, scope, method in itertools.product(("novel", "base"), ("all", "class"), figures.FEW_SHOT_METHODS):
+            value = accuracy + 0.2 * (setting == "base")
+            rows.append(key | {"setting": setting, "method": method, "scope": scope, "accuracy": value})
+        rows.append(key | {"setting": "generalised", "method": "centroid", "scope": "harmonic", "accuracy": 0.1})
+    return pd.DataFrame(rows).assign(class_name="", ci_low=0.0, ci_high=1.0, episodes=100)
+
+
+def test_novel_shots_figure_has_a_panel_per_method_and_a_line_per_loss_and_setting(tmp_path):
+    paths = [tmp_path / "novel.png", tmp_path / "novel.pdf"]
+    figure = figures.novel_shots_figure(novel_table(), paths)
+    check_files(paths)
+    assert titles(figure) == list(figures.FEW_SHOT_METHODS)
+    assert figure.axes[0].get_ylabel() == "3-way accuracy (%)" and figure.axes[0].get_xscale() == "log"
+    for ax in figure.axes:
+        assert ax.get_xlabel() == "shots (K)" and [t.get_text() for t in ax.get_xticklabels()] == ["1", "5", "10"]
+        assert len(ax.lines) == 2 * len(LOSSES) and len(ax.collections) == 2 * len(LOSSES)  # a band per line
+        assert [line.get_linestyle() for line in ax.lines] == ["-", "--"] * len(LOSSES)
+    novel, base = figure.axes[0].lines[:2]  # the first loss: mean over trials 0 and 1 (+ 0.05) in percent
+    assert list(novel.get_xdata()) == [1, 5, 10]
+    assert list(novel.get_ydata()) == pytest.approx([46.5, 62.5, 82.5])
+    assert list(base.get_ydata()) == pytest.approx([66.5, 82.5, 102.5])
+    assert to_hex(novel.get_color()) == OKABE_ITO[0].lower()
+    assert legend_texts(figure) == [*LOSSES, "novel classes", "base classes"]
+    with pytest.raises(InputError, match="no N-way K-shot rows"):
+        table = novel_table()
+        figures.novel_shots_figure(table[table["setting"] == "generalised"], paths)

@@ -1,5 +1,8 @@
 """Aggregation over trials against numpy and scipy, the paper-style cell format, and the files write_tables makes."""
 
+import io
+import itertools
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -7,13 +10,16 @@ from scipy import stats
 
 from cytodml.errors import InputError
 from cytodml.report.tables import (
+    REJECTED,
     aggregate,
     collect_trials,
     format_cell,
     format_gain,
+    novel_summary,
     paired_gain,
     paper_table,
     per_class_summary,
+    retrieval_summary,
     write_tables,
 )
 
@@ -311,10 +317,11 @@ def test_collect_trials_stacks_with_loss_and_trial(tmp_path):
                 pd.DataFrame({"classifier": ["knn"], "count": [trial]}).to_csv(folder / f"{name}.csv", index=False)
             (folder / "spiked.csv").write_text("classifier\n")  # an experiment without targets
             (folder / "episodes.csv").write_text("class_name,accuracy,ci_low,ci_high,episodes\n")
+            (folder / "novel.csv").write_text(NOVEL_HEADER)  # an experiment without novel classes
     tables = collect_trials({(loss, t): tmp_path / loss / f"t{t}" for loss in ("softmax", "npair") for t in (0, 1)})
     assert list(tables["metrics"].columns[:2]) == ["loss", "trial"]
     assert len(tables["metrics"]) == 4 and set(tables["metrics"]["loss"]) == {"softmax", "npair"}
-    assert tables["spiked"] is None and tables["episodes"] is None
+    assert tables["spiked"] is None and tables["episodes"] is None and tables["novel"] is None
     (tmp_path / "npair" / "t1" / "open_set.csv").unlink()
     with pytest.raises(InputError, match=r"open_set.csv: missing; the evaluate stage of loss 'npair', trial 1"):
         collect_trials({("npair", 1): tmp_path / "npair" / "t1"})
@@ -493,3 +500,158 @@ def test_write_tables_paired(tmp_path, metrics, pretrained_and_random):
     for empty in (None, paired.iloc[:0]):
         write_tables(aggregate(metrics), CONFUSION, None, None, tmp_path / "without", paired=empty)
         assert not any(p.name.startswith("paired") for p in (tmp_path / "without").iterdir())
+
+
+# --------------------------------------------------------------------------------------------- novel classes, retrieval
+
+NOVEL_HEADER = "setting,method,ways,shots,scope,class_name,accuracy,ci_low,ci_high,episodes\n"
+
+
+def novel_trials() -> pd.DataFrame:
+    """novel.csv of two losses x two trials, stacked: 3-way episodes at 1 and 5 shots on the novel classes (accuracy
+    0.5, + 0.2 at 5 shots, + 0.1 for triplet, + 0.04 in trial 1; CI half-width 0.01 in trial 0, 0.02 in trial 1) and
+    0.1 higher on the base classes, each with a per-class row; generalised rows at 0.9 on the base queries and the
+    episodes' novel accuracy on the novel ones, without an interval."""
+    rows = []
+    for loss, trial, shots in itertools.product(("softmax", "triplet"), (0, 1), (1, 5)):
+        novel = 0.5 + 0.2 * (shots == 5) + 0.1 * (loss == "triplet") + 0.04 * trial
+        half = 0.01 * (trial + 1)
+        key = {"loss": loss, "trial": trial, "ways": 3, "shots": shots}
+        for (setting, accuracy), method in itertools.product(
+            (("novel", novel), ("base", novel + 0.1)), ("prototype", "knn", "siamese")
+        ):
+            interval = {"accuracy": accuracy, "ci_low": accuracy - half, "ci_high": accuracy + half, "episodes": 50}
+            rows.append(key | {"setting": setting, "method": method, "scope": "all", "class_name": np.nan} | interval)
+            rows.append(key | {"setting": setting, "method": method, "scope": "class", "class_name": "a"} | interval)
+        harmonic = 2 * 0.9 * novel / (0.9 + novel)
+        for method, (scope, accuracy) in itertools.product(
+            ("centroid", "knn"), (("base", 0.9), ("novel", novel), ("harmonic", harmonic))
+        ):
+            rows.append(key | {"setting": "generalised", "method": method, "scope": scope, "accuracy": accuracy})
+    return pd.DataFrame(rows)
+
+
+def retrieval_metrics(novel_side: bool = True) -> pd.DataFrame:
+    """Latent metrics of two losses over two trials: retrieval on the test images, and on the novel images (nmi not
+    reported there) where ``novel_side``; the rejection rate of novel images per loss x classifier."""
+    values = {
+        ("softmax", "embedding", "latent", "precision_at_1"): [0.80, 0.82],
+        ("triplet", "embedding", "latent", "precision_at_1"): [0.90, 0.94],
+        ("softmax", "embedding", "latent", "recall_at_4"): [0.90, 0.92],
+        ("triplet", "embedding", "latent", "recall_at_4"): [0.95, 0.95],
+        ("softmax", "embedding", "latent", "nmi"): [0.60, 0.70],
+        ("triplet", "embedding", "latent", "nmi"): [0.65, 0.70],
+        ("triplet", "embedding", "latent", "silhouette"): [0.3, 0.4],  # not a retrieval metric
+        ("softmax", "centroid", "novel_rejection", "rejection_rate"): [0.3, 0.5],
+        ("triplet", "centroid", "novel_rejection", "rejection_rate"): [0.2, 0.6],
+        ("softmax", "knn", "novel_rejection", "rejection_rate"): [0.2, 0.2],
+        ("triplet", "knn", "novel_rejection", "rejection_rate"): [0.2, 0.2],
+        ("softmax", "softmax", "novel_rejection", "rejection_rate"): [0.1, 0.3],
+    }
+    if novel_side:
+        values[("softmax", "embedding", "novel_latent", "precision_at_1")] = [0.5, 0.6]
+        values[("triplet", "embedding", "novel_latent", "precision_at_1")] = [0.6, 0.72]
+    return long_metrics(values)
+
+
+def markdown_rows(path) -> list[list[str]]:
+    return [[cell.strip() for cell in line.split("|")[1:-1]] for line in path.read_text().splitlines() if "|" in line]
+
+
+def test_novel_summary_over_trials():
+    summary = novel_summary(novel_trials()).set_index(["loss", "setting", "method", "shots", "scope"])
+    assert list(summary.columns) == ["ways", "class_name", "accuracy_mean", "accuracy_std", "ci_half_mean", "trials"]
+    # 32 rows: 2 losses x 2 shots x (2 settings x 3 methods x 2 scopes + 2 classifiers x 3 scopes)
+    assert len(summary) == 2 * 2 * (12 + 6) and (summary["trials"] == 2).all()
+    five = summary.loc[("triplet", "novel", "prototype", 5, "all")]  # trials 0.8 and 0.84
+    assert five["accuracy_mean"] == pytest.approx(0.82) and five["accuracy_std"] == pytest.approx(0.04 / np.sqrt(2))
+    assert five["ci_half_mean"] == pytest.approx(0.015) and np.isnan(five["class_name"])
+    assert summary.loc[("softmax", "base", "knn", 1, "all"), "accuracy_mean"] == pytest.approx(0.62)
+    assert summary.loc[("softmax", "base", "knn", 1, "class"), "class_name"] == "a"
+    generalised = summary.loc[("softmax", "generalised", "centroid", 1, "base")]
+    assert generalised["accuracy_mean"] == pytest.approx(0.9) and generalised["accuracy_std"] == pytest.approx(0)
+    assert np.isnan(generalised["ci_half_mean"])
+
+
+def test_novel_tables(tmp_path):
+    write_tables(
+        aggregate(retrieval_metrics()), CONFUSION, None, None, tmp_path, novel=novel_trials(), novel_queries=15
+    )
+    summary = pd.read_csv(tmp_path / "novel.csv")
+    assert list(summary.columns) == [
+        "loss",
+        "setting",
+        "method",
+        "ways",
+        "shots",
+        "scope",
+        "class_name",
+        "accuracy_mean",
+        "accuracy_std",
+        "ci_half_mean",
+        "trials",
+    ]
+    rows = markdown_rows(tmp_path / "novel.md")
+    parts = ("novel", "base", "harmonic")
+    assert rows[0] == ["setting", "loss", "method", *(f"{p} {k}-shot" for k in (1, 5) for p in parts), REJECTED]
+    by_key = {tuple(row[:3]): row[3:] for row in rows[2:]}
+    assert list(by_key) == [
+        *(("3-way episodes", loss, m) for loss in ("softmax", "triplet") for m in ("prototype", "knn", "siamese")),
+        *(("generalised", loss, c) for loss in ("softmax", "triplet") for c in ("centroid", "knn")),
+        ("before adding", "softmax", "softmax"),  # a rejection rate, but no generalised rows
+    ]
+    # triplet: novel 0.6 / 0.64 at 1 shot, 0.8 / 0.84 at 5; base 0.1 higher; std 0.04 / sqrt(2) = 2.8 points
+    spread = "+- 2.8"
+    assert by_key[("3-way episodes", "triplet", "siamese")] == [
+        *(f"62.0 {spread}", f"72.0 {spread}", ""),
+        *(f"82.0 {spread}", f"92.0 {spread}", ""),
+        "",
+    ]
+    # generalised: base 0.9 in both trials, harmonic 2 b n / (b + n) per trial, then mean +- std
+    harmonic_1 = [2 * 0.9 * 0.6 / 1.5, 2 * 0.9 * 0.64 / 1.54]  # 0.720, 0.748
+    harmonic_5 = [2 * 0.9 * 0.8 / 1.7, 2 * 0.9 * 0.84 / 1.74]  # 0.847, 0.869
+    assert by_key[("generalised", "triplet", "centroid")] == [
+        *(f"62.0 {spread}", "90.0 +- 0.0", f"73.4 +- {np.std(harmonic_1, ddof=1) * 100:.1f}"),
+        *(f"82.0 {spread}", "90.0 +- 0.0", f"85.8 +- {np.std(harmonic_5, ddof=1) * 100:.1f}"),
+        "40.0 +- 28.3",  # rejection rates 0.2 and 0.6
+    ]
+    assert by_key[("generalised", "softmax", "knn")][-1] == "20.0 +- 0.0"
+    assert by_key[("before adding", "softmax", "softmax")] == [""] * 6 + ["20.0 +- 14.1"]
+    text = (tmp_path / "novel.md").read_text()
+    assert "3-way K-shot accuracy (%, K = 1, 5), 15 queries per class; mean over episodes per trial" in text
+    assert "95% CI half-width over episodes in novel.csv" in text and "each of the 3 novel classes" in text
+    tex = (tmp_path / "novel.tex").read_text()
+    assert r"\begin{tabular}" in tex and r"62.0 $\pm$ 2.8" in tex and r"95\% CI" in tex
+
+
+def test_no_novel_tables_without_novel_rows(tmp_path):
+    header_only = pd.read_csv(io.StringIO(NOVEL_HEADER)).assign(loss="x", trial=0)
+    for novel in (None, header_only):
+        write_tables(aggregate(retrieval_metrics()), CONFUSION, None, None, tmp_path, novel=novel)
+        assert not any(p.name.startswith("novel") for p in tmp_path.iterdir())
+
+
+def test_retrieval_tables(tmp_path):
+    aggregated = aggregate(retrieval_metrics())
+    summary = retrieval_summary(aggregated)
+    expected = [f"{m}_{s}" for m in ("precision_at_1", "recall_at_4", "nmi") for s in ("mean", "std", "p_value")]
+    assert list(summary.columns) == ["loss", "side", *expected, "trials"]
+    losses = list(dict.fromkeys(aggregated["loss"]))  # the losses in their order of appearance (the config's)
+    assert list(zip(summary["loss"], summary["side"])) == [
+        (loss, side) for loss in losses for side in ("test", "novel")
+    ]
+    novel = summary.set_index(["loss", "side"]).loc[("triplet", "novel")]
+    assert novel["precision_at_1_mean"] == pytest.approx(0.66) and np.isnan(novel["nmi_mean"])
+    write_tables(aggregated, CONFUSION, None, None, tmp_path)
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "retrieval.csv"), summary, check_dtype=False)
+    rows = markdown_rows(tmp_path / "retrieval.md")
+    assert rows[0] == ["loss", "side", "precision_at_1 (%)", "recall_at_4 (%)", "nmi (%)"]
+    expected = {
+        "softmax": [["test", "81.0 +- 1.4", "91.0 +- 1.4", "65.0 +- 7.1"], ["novel", "55.0 +- 7.1", "", ""]],
+        "triplet": [["test", "92.0 +- 2.8", "95.0 +- 0.0", "67.5 +- 3.5"], ["novel", "66.0 +- 8.5", "", ""]],
+    }
+    assert rows[2:] == [[loss, *cells] for loss in losses for cells in expected[loss]]
+    assert "leave-one-out" in (tmp_path / "retrieval.md").read_text()
+    assert r"$\pm$" in (tmp_path / "retrieval.tex").read_text()
+    only_test = retrieval_summary(aggregate(retrieval_metrics(novel_side=False)))
+    assert list(only_test["side"]) == ["test", "test"]

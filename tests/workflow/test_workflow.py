@@ -193,3 +193,24 @@ def test_patch_change_reruns_only_what_depends_on_it(tiny_run, tiny_config):
     jobs = planned_jobs(snakemake(tiny_run, "-n", config=config))
     assert "synthesize" not in jobs and "ingest" not in jobs
     assert jobs["patch"] == 1 and jobs["split"] == 2 and jobs["augment"] == 2
+
+
+def test_novel_classes_are_held_out_and_recognised_from_a_few_examples(tiny_run, tiny_config):
+    """tiny-novel: bead and debris never trained on; their rejection before adding, episodes on them against the
+    trained classes at the same N, the generalised setting, and the tables and figure made of them."""
+    targets = ["results/tiny-novel/tables", "results/tiny-novel/figures/novel_shots.png"]
+    snakemake(tiny_run, "--cores", "2", *targets, config=tiny_config)
+    where = tiny_run / "results/tiny-novel"
+    split = pd.read_parquet(where / "splits/t0.parquet")
+    assert set(split.loc[split["subset"] == "novel", "class_name"]) == {"bead", "debris"}
+    assert not set(split.loc[split["subset"] != "novel", "class_name"]) & {"bead", "debris"}
+    model = torch.load(where / "models/softmax/t0.pt", weights_only=True)
+    assert model["class_names"] == ["cryptosporidium", "giardia"]
+    novel = pd.read_csv(where / "eval/softmax/t0/novel.csv")
+    assert set(novel["setting"]) == {"novel", "base", "generalised"} and set(novel["shots"]) == {1, 3}
+    metrics = pd.read_csv(where / "eval/softmax/t0/metrics.csv")
+    assert {"novel_rejection", "novel_latent"} <= set(metrics["view"])
+    for table in ("novel", "retrieval"):
+        for suffix in ("csv", "md", "tex"):
+            assert (where / f"tables/{table}.{suffix}").stat().st_size > 0
+    assert (where / "figures/novel_shots.pdf").exists()

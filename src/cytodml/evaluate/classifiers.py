@@ -21,7 +21,7 @@ from sklearn.svm import SVC
 from sklearn.utils.validation import check_is_fitted
 
 from cytodml.errors import InputError
-from cytodml.evaluate.metrics import check_embeddings, multiclass_metrics
+from cytodml.evaluate.metrics import check_embeddings, multiclass_metrics, sklearn_seed
 
 COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 
@@ -39,11 +39,6 @@ def check_labelled(X, y, what: str = "X") -> tuple[np.ndarray, np.ndarray]:
     if y.dtype.kind == "O":
         raise InputError(f"labels for {what} must be integers or strings, got objects")
     return X, y
-
-
-def sklearn_seed(seed: int) -> int:
-    """Our seeds are 63-bit (:func:`cytodml.data.splits.trial_seed`); scikit-learn takes 32 bits."""
-    return int(seed) % 2**32
 
 
 def _param_error(name: str, value, expected: str) -> InputError:

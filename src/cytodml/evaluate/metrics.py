@@ -28,6 +28,11 @@ RECALL_AT = (1, 2, 4, 8)
 KMEANS_RESTARTS = 10
 
 
+def sklearn_seed(seed: int) -> int:
+    """Our seeds are 63-bit (:func:`cytodml.data.splits.trial_seed`); scikit-learn takes 32 bits."""
+    return int(seed) % 2**32
+
+
 def _ratio(numerator, denominator):
     """numerator / denominator elementwise, NaN where the denominator is 0."""
     numerator = np.asarray(numerator, dtype=np.float64)
@@ -321,7 +326,7 @@ def cluster_agreement(X, y, seed: int) -> dict:
     classes = len(np.unique(y))
     if classes < 2 or len(X) < classes + 1:
         return {"nmi": float("nan"), "ami": float("nan")}
-    clusters = KMeans(n_clusters=classes, n_init=KMEANS_RESTARTS, random_state=seed).fit_predict(X)
+    clusters = KMeans(n_clusters=classes, n_init=KMEANS_RESTARTS, random_state=sklearn_seed(seed)).fit_predict(X)
     return {
         "nmi": float(normalized_mutual_info_score(y, clusters)),
         "ami": float(adjusted_mutual_info_score(y, clusters)),

@@ -23,8 +23,7 @@ from threadpoolctl import threadpool_limits
 
 from cytodml.data.qc import display_image, figure_paths
 from cytodml.errors import InputError, require_columns
-from cytodml.evaluate.classifiers import sklearn_seed
-from cytodml.evaluate.metrics import UNKNOWN_NAME
+from cytodml.evaluate.metrics import UNKNOWN_NAME, sklearn_seed
 from cytodml.report.style import (
     HEAT,
     KNOWN_COLOR,
@@ -43,6 +42,9 @@ UNSEEN_MARKERS = ("x", "+", "1", "2")
 BARS = (("multiclass", "mcc"), ("multiclass", "balanced_accuracy"), ("latent", "silhouette"))
 METRIC_NAMES = {"mcc": "MCC", "balanced_accuracy": "balanced accuracy", "map_at_r": "MAP@R", "auroc": "AUROC"}
 SCORED_SUBSETS = ("test", "unknown")
+FEW_SHOT_METHODS = ("prototype", "knn", "siamese")
+# the N-way K-shot settings of novel.csv as drawn: (setting, legend label, line style)
+FEW_SHOT_SETTINGS = (("novel", "novel classes", "-"), ("base", "base classes", "--"))
 
 
 # ------------------------------------------------------------------------------------------------- points and planes
@@ -502,6 +504,66 @@ def training_curves(history: pd.DataFrame, path):
         axes[0, column].set_title(loss)
     handles = [Line2D([], [], color=color, lw=1.5, label=label) for _, label, color in curves]
     figure.legend(handles=handles, loc="outside lower center", ncols=2)
+    return save(figure, path)
+
+
+def _shots_curves(ax, rows: pd.DataFrame, losses: list[str], palette: dict, shapes: dict) -> None:
+    """Per loss and setting, accuracy (%) against shots: the mean over trials as a line, +- one std as a band."""
+    for loss, (setting, _, style) in itertools.product(losses, FEW_SHOT_SETTINGS):
+        of_curve = rows[(rows["loss"] == loss) & (rows["setting"] == setting)]
+        if of_curve.empty:
+            continue
+        per_shots = of_curve.groupby("shots")["accuracy"].agg(["mean", "std"]).fillna({"std": 0.0}) * 100
+        shots = per_shots.index.to_numpy()
+        color = palette[loss]
+        ax.plot(shots, per_shots["mean"], color=color, ls=style, marker=shapes[loss], ms=3, lw=1.2)
+        ax.fill_between(
+            shots,
+            per_shots["mean"] - per_shots["std"],
+            per_shots["mean"] + per_shots["std"],
+            color=color,
+            alpha=0.15,
+            lw=0,
+        )
+
+
+@styled
+def novel_shots_figure(novel_trials: pd.DataFrame, path):
+    """A panel per few-shot method (prototype, knn, siamese): N-way K-shot accuracy (%) against shots (log axis), a
+    colour per loss, solid on the novel classes (never trained on), dashed on the base classes (their test images);
+    the mean over trials as a line, +- one standard deviation over trials as a band.
+
+    ``novel_trials`` is the evaluate stage's ``novel.csv`` of every trial stacked with ``loss`` and ``trial`` columns
+    (:func:`cytodml.report.tables.collect_trials`); its rows of scope ``all`` in settings ``novel`` and ``base`` are
+    drawn (each trial's accuracy is already its mean over episodes).
+    """
+    figure_paths(path)
+    require_columns(
+        novel_trials, ("loss", "trial", "setting", "method", "ways", "shots", "scope", "accuracy"), "novel table"
+    )
+    settings = [setting for setting, _, _ in FEW_SHOT_SETTINGS]
+    rows = novel_trials[novel_trials["setting"].isin(settings) & (novel_trials["scope"] == "all")]
+    if rows.empty:
+        raise InputError("novel table: no N-way K-shot rows (settings novel and base, scope all) to draw")
+    present = list(dict.fromkeys(rows["method"]))
+    methods = [m for m in FEW_SHOT_METHODS if m in present] + [m for m in present if m not in FEW_SHOT_METHODS]
+    losses = list(dict.fromkeys(rows["loss"]))
+    palette, shapes = colors(losses), markers(losses)
+    shots = sorted(set(rows["shots"]))
+    ways = " / ".join(str(w) for w in sorted(set(rows["ways"])))
+    figure = new_figure(2.3 * len(methods) + 0.3, 2.6)
+    axes = figure.subplots(1, len(methods), squeeze=False, sharey=True)[0]
+    for ax, method in zip(axes, methods):
+        _shots_curves(ax, rows[rows["method"] == method], losses, palette, shapes)
+        ax.set_xscale("log")
+        ax.set_xticks(shots, [str(k) for k in shots])
+        ax.minorticks_off()
+        ax.set_title(method)
+        ax.set_xlabel("shots (K)")
+    axes[0].set_ylabel(f"{ways}-way accuracy (%)")
+    handles = [Line2D([], [], color=palette[loss], marker=shapes[loss], ms=3, lw=1.2, label=loss) for loss in losses]
+    handles += [Line2D([], [], color="black", ls=style, lw=1.2, label=label) for _, label, style in FEW_SHOT_SETTINGS]
+    figure.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 6))
     return save(figure, path)
 
 

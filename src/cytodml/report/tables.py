@@ -4,7 +4,8 @@ and the per-trial gain of a pretrained-encoder experiment over its random-weight
 The inputs are the per-trial tables that :func:`cytodml.evaluate.run.write_trial` writes, stacked with a ``loss`` and a
 ``trial`` column (:func:`collect_trials`). Numbers are printed as the source papers print them: accuracy-like rates in
 percent with one decimal ("85.0 +- 0.6", Medela & Picon 2020, Table 1), silhouette, Davies-Bouldin and MCC raw with two
-(Gupta et al. 2019, Tables 2-4).
+(Gupta et al. 2019, Tables 2-4); retrieval metrics, NMI and AMI in percent as the metric-learning papers print them.
+The few-shot accuracy on novel classes is laid out as the few-shot papers lay it out: a column per setting and K.
 """
 
 from pathlib import Path
@@ -39,6 +40,14 @@ PERCENT = {
     "known_accepted_accuracy",
     "precision_at_1",
     "map_at_r",
+    "r_precision",
+    "recall_at_1",
+    "recall_at_2",
+    "recall_at_4",
+    "recall_at_8",
+    "nmi",  # in percent, as the metric-learning papers print them (Oh Song et al. 2016)
+    "ami",
+    "rejection_rate",
     "recovery",
 }
 COUNTS = {"tp", "fn", "fp", "tn", "unknown_total", "false_alarms", "known_total", "known_lost", "alarm_at"}
@@ -50,7 +59,7 @@ LAYOUTS = {
     "rare": ("rare", ["sensitivity", "specificity", "precision", "f_score", "balanced_accuracy", "mcc", "auroc"]),
     "latent": ("latent", ["silhouette", "davies_bouldin", "precision_at_1", "map_at_r"]),
 }
-TRIAL_TABLES = ("metrics", "confusion", "per_class", "spiked", "open_set", "episodes")
+TRIAL_TABLES = ("metrics", "confusion", "per_class", "spiked", "open_set", "episodes", "novel")
 PER_CLASS_METRICS = ("precision", "recall", "f1")
 
 
@@ -58,7 +67,7 @@ def collect_trials(trial_dirs: dict[tuple[str, int], object]) -> dict[str, pd.Da
     """Stack the per-trial CSVs of :func:`write_trial` from ``{(loss, trial): eval_dir}``, adding ``loss``, ``trial``.
 
     Returns one table per name in :data:`TRIAL_TABLES`; a table no trial has rows for (header-only files: spiked
-    samples without targets, episodes outside the episodic protocol) is None.
+    samples without targets, episodes outside the episodic protocol, novel without novel classes) is None.
     """
     stacked: dict[str, list[pd.DataFrame]] = {name: [] for name in TRIAL_TABLES}
     for (loss, trial), eval_dir in trial_dirs.items():
@@ -525,6 +534,202 @@ def _write_per_class(per_class: pd.DataFrame, out_dir: Path) -> None:
     )
 
 
+NOVEL_KEYS = ["loss", "setting", "method", "ways", "shots", "scope", "class_name"]
+EPISODIC_SETTINGS = ("novel", "base")  # N-way K-shot episodes; "generalised" classifies among base and novel classes
+NOVEL_PARTS = ("novel", "base", "harmonic")  # the paper layout's columns per shots value, in this order
+REJECTED = "rejected before adding"
+RETRIEVAL = [
+    "precision_at_1",
+    "r_precision",
+    "map_at_r",
+    "recall_at_1",
+    "recall_at_2",
+    "recall_at_4",
+    "recall_at_8",
+    "nmi",
+    "ami",
+]
+RETRIEVAL_SIDES = {"latent": "test", "novel_latent": "novel"}  # view of classifier "embedding" -> side
+
+
+def novel_summary(novel: pd.DataFrame) -> pd.DataFrame:
+    """Per loss, setting, method, ways, shots, scope and class_name (blank outside scope ``class``), over trials:
+
+    ``accuracy_mean`` and ``accuracy_std`` (n - 1) of the per-trial accuracy (scope ``all``: the mean over episodes
+    of the accuracy over an episode's queries); ``ci_half_mean``, the mean over trials of the per-trial half-width
+    (ci_high - ci_low) / 2 of the 95% t-interval over episodes (NaN where no trial has one); ``trials``, the trials
+    with an accuracy. Rows keep their order of first appearance.
+    """
+    require_columns(novel, [*NOVEL_KEYS, "trial", "accuracy", "ci_low", "ci_high"], "novel table")
+    halves = novel.assign(ci_half=(novel["ci_high"] - novel["ci_low"]) / 2)
+    grouped = halves.groupby(NOVEL_KEYS, sort=False, dropna=False)
+    summary = grouped.agg(
+        accuracy_mean=("accuracy", "mean"),
+        accuracy_std=("accuracy", "std"),
+        ci_half_mean=("ci_half", "mean"),
+        trials=("accuracy", "count"),
+    )
+    return summary.reset_index()
+
+
+def _novel_cells(summary: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the paper layout as long cells: ``setting`` ("5-way episodes" or "generalised"), ``loss``,
+    ``method``, ``metric`` (the column: "novel 1-shot", "base 1-shot", "harmonic 1-shot", ...) and ``cell``
+    (accuracy, mean +- std over trials); episodic rows (scope all) first, then the generalised ones."""
+    episodic = summary["setting"].isin(EPISODIC_SETTINGS) & summary["scope"].eq("all")
+    generalised = summary["setting"].eq("generalised") & summary["scope"].isin(NOVEL_PARTS)
+    rows = pd.concat([summary[episodic], summary[generalised]])
+    is_episodic = rows["setting"].isin(EPISODIC_SETTINGS)
+    part = rows["setting"].where(is_episodic, rows["scope"])
+    return pd.DataFrame(
+        {
+            "setting": np.where(is_episodic, rows["ways"].astype(str) + "-way episodes", "generalised"),
+            "loss": rows["loss"],
+            "method": rows["method"],
+            "metric": part + " " + rows["shots"].astype(str) + "-shot",
+            "cell": [format_cell(m, s, "accuracy") for m, s in zip(rows["accuracy_mean"], rows["accuracy_std"])],
+        }
+    )
+
+
+def _rejection_cells(aggregated: pd.DataFrame) -> pd.DataFrame:
+    """``loss``, ``method`` (the classifier) and :data:`REJECTED`: the share of novel images the base classifier
+    calls unknown at its threshold (view ``novel_rejection``, metric ``rejection_rate``), mean +- std over trials."""
+    rows = aggregated[(aggregated["view"] == "novel_rejection") & (aggregated["metric"] == "rejection_rate")]
+    return pd.DataFrame(
+        {
+            "loss": rows["loss"],
+            "method": rows["classifier"],
+            REJECTED: [format_cell(m, s, "rejection_rate") for m, s in zip(rows["mean"], rows["std"])],
+        }
+    )
+
+
+def novel_table(summary: pd.DataFrame, aggregated: pd.DataFrame) -> pd.DataFrame:
+    """The novel-class paper layout, cells formatted (% accuracy, mean +- std over trials).
+
+    Rows: ``setting``, ``loss``, ``method``. First the N-way episodes ("5-way episodes": a row per loss x method,
+    prototype, knn, siamese), then the generalised rows (a row per loss x classifier), then ("before adding") the
+    classifiers with a rejection rate but no generalised row. Columns per shots value K, ascending: ``novel K-shot``
+    and ``base K-shot`` (episodes: the novel or the base classes; generalised: accuracy on the novel or the base
+    queries among all classes), ``harmonic K-shot`` (generalised: their harmonic mean); last, where the aggregated
+    metrics have the ``novel_rejection`` view, :data:`REJECTED`. A cell a row lacks is blank.
+    """
+    cells = _novel_cells(summary)
+    index = ["setting", "loss", "method"]
+    table = _spread(cells, index, ["cell"])["cell"]
+    shots = sorted(set(summary["shots"]))
+    columns = [f"{part} {k}-shot" for k in shots for part in NOVEL_PARTS if f"{part} {k}-shot" in table.columns]
+    table = table.reindex(columns=columns).fillna("").reset_index().rename_axis(columns=None)
+    rejection = _rejection_cells(aggregated)
+    return table if rejection.empty else _with_rejection(table, rejection)
+
+
+def _with_rejection(table: pd.DataFrame, rejection: pd.DataFrame) -> pd.DataFrame:
+    """:data:`REJECTED` beside the generalised row of the same loss and classifier; a classifier without one gets a
+    row of its own, setting "before adding", at the end."""
+    table = table.merge(rejection.assign(setting="generalised"), on=["setting", "loss", "method"], how="left")
+    generalised = table[table["setting"] == "generalised"]
+    known = set(zip(generalised["loss"], generalised["method"]))
+    alone = rejection[[pair not in known for pair in zip(rejection["loss"], rejection["method"])]]
+    return pd.concat([table, alone.assign(setting="before adding")], ignore_index=True).fillna("")
+
+
+def _listed(values) -> str:
+    return " / ".join(str(v) for v in sorted(set(values)))
+
+
+def _novel_footnote(summary: pd.DataFrame, rejection: bool, queries: int | None) -> str:
+    """What the novel table's cells are: the ways, shots and queries of the episodes, then, where present, the
+    generalised rows and the rejection column."""
+    episodic = summary[summary["setting"].isin(EPISODIC_SETTINGS)]
+    generalised = summary[summary["setting"].eq("generalised")]
+    shots = ", ".join(str(k) for k in sorted(set(summary["shots"])))
+    sentences = []
+    if not episodic.empty:
+        sentences.append(
+            f"{_listed(episodic['ways'])}-way K-shot accuracy (%, K = {shots}), "
+            f"{queries if queries is not None else 'Q'} queries per class; mean over episodes per trial, then mean "
+            "+- std over trials; 95% CI half-width over episodes in novel.csv. novel: episodes of the classes never "
+            "trained on; base: the same N and K on the trained classes' test images. prototype: nearest mean of a "
+            "class's support images; knn: nearest support images; siamese: smallest mean distance to a class's "
+            "support images."
+        )
+    if not generalised.empty:
+        sentences.append(
+            f"generalised: the base classifier (method) extended with the K support images of each of the "
+            f"{_listed(generalised['ways'])} novel classes, as a gallery does, classifies the base and novel "
+            "queries among all classes: accuracy (%) on the base-class and the novel-class queries and their "
+            "harmonic mean, mean +- std over trials."
+        )
+    if rejection:
+        sentences.append(
+            f"{REJECTED}: novel images the base classifier calls unknown at its threshold before they are added "
+            "(%, mean +- std over trials)."
+        )
+    return " ".join(sentences)
+
+
+def _write_novel(novel: pd.DataFrame, aggregated: pd.DataFrame, out_dir: Path, queries: int | None) -> None:
+    """``novel.csv`` (:func:`novel_summary`) and its paper layout (:func:`novel_table`) as ``novel`` (.md/.tex)."""
+    summary = novel_summary(novel)
+    write_csv(summary, out_dir / "novel.csv")
+    table = novel_table(summary, aggregated)
+    _write_formatted(table, _novel_footnote(summary, REJECTED in table.columns, queries), out_dir / "novel")
+
+
+def _by_loss_then_side(table: pd.DataFrame, losses: list[str]) -> pd.DataFrame:
+    """Rows in the order of ``losses``, each loss's sides in the order of :data:`RETRIEVAL_SIDES`."""
+    orders = {"loss": losses, "side": list(RETRIEVAL_SIDES.values())}
+    return table.sort_values(
+        ["loss", "side"], key=lambda column: column.map(orders[column.name].index), kind="stable", ignore_index=True
+    )
+
+
+def retrieval_summary(aggregated: pd.DataFrame) -> pd.DataFrame:
+    """Per loss x ``side`` (``test``: view ``latent``, the trained classes' test images; ``novel``: view
+    ``novel_latent``, the novel classes' images; classifier ``embedding``): ``{metric}_mean``, ``_std`` and
+    ``_p_value`` (:func:`aggregate`) of each :data:`RETRIEVAL` metric present, in that order, and ``trials``."""
+    parts = []
+    for view, side in RETRIEVAL_SIDES.items():
+        rows = aggregated[
+            aggregated["view"].eq(view)
+            & aggregated["classifier"].eq("embedding")
+            & aggregated["metric"].isin(RETRIEVAL)
+        ]
+        if not rows.empty:
+            parts.append(_wide(rows, view).drop(columns="classifier").assign(side=side))
+    table = pd.concat(parts, ignore_index=True)
+    present = [m for m in RETRIEVAL if f"{m}_mean" in table.columns]
+    columns = [f"{m}_{stat}" for m in present for stat in ("mean", "std", "p_value")]
+    return _by_loss_then_side(table[["loss", "side", *columns, "trials"]], list(dict.fromkeys(aggregated["loss"])))
+
+
+def _write_retrieval(aggregated: pd.DataFrame, out_dir: Path, footnote: str) -> None:
+    """``retrieval.csv`` (:func:`retrieval_summary`) and ``retrieval`` (.md/.tex): a row per loss x side, a column per
+    :data:`RETRIEVAL` metric present, mean +- std over trials (:func:`paper_table`)."""
+    summary = retrieval_summary(aggregated)
+    write_csv(summary, out_dir / "retrieval.csv")
+    present = [m for m in RETRIEVAL if f"{m}_mean" in summary.columns]
+    parts = [
+        paper_table(aggregated, view, present, classifier="embedding").assign(side=side)
+        for view, side in RETRIEVAL_SIDES.items()
+        if side in set(summary["side"])
+    ]
+    table = _by_loss_then_side(pd.concat(parts, ignore_index=True), list(dict.fromkeys(aggregated["loss"])))
+    note = (
+        " Retrieval in the latent space, leave-one-out: each image a query against the other images of its side "
+        "(test: the trained classes' test images; novel: the images of the classes never trained on); nmi and ami "
+        "of a k-means clustering into as many clusters as classes."
+    )
+    _write_formatted(table[["loss", "side", *present]], footnote + note, out_dir / "retrieval")
+
+
+def _has_retrieval(aggregated: pd.DataFrame) -> bool:
+    latent = aggregated[aggregated["view"].eq("latent") & aggregated["classifier"].eq("embedding")]
+    return latent["metric"].isin(RETRIEVAL).any()
+
+
 def write_tables(
     aggregated: pd.DataFrame,
     confusion: pd.DataFrame,
@@ -537,6 +742,8 @@ def write_tables(
     ranking: pd.DataFrame | None = None,
     experiment: str = "",
     paired: pd.DataFrame | None = None,
+    novel: pd.DataFrame | None = None,
+    novel_queries: int | None = None,
 ) -> None:
     """Write the study's tables into ``out_dir`` (CSV with snake-case numeric columns, Markdown, LaTeX).
 
@@ -552,6 +759,14 @@ def write_tables(
     - ``per_class`` (.csv/.md): precision, recall and F1 of each known class (arg-max, test images) per loss x
       classifier, mean +- std over trials, and the class's test images per trial;
     - ``episodes`` (.csv/.md): per-class episodic accuracy, mean +- std over trials (episodic protocol only).
+    - ``retrieval`` (.csv/.md/.tex), where the latent view has :data:`RETRIEVAL` metrics: a row per loss x side
+      (``test``: view ``latent``; ``novel``: view ``novel_latent``, where present), precision_at_1, r_precision,
+      map_at_r, recall_at_K, nmi and ami (:func:`retrieval_summary`);
+    - with ``novel`` (the per-trial novel-class tables), skipped where None or empty: ``novel.csv``
+      (:func:`novel_summary`: ``accuracy_mean``, ``accuracy_std``, ``ci_half_mean``, ``trials`` per loss, setting,
+      method, ways, shots, scope, class_name) and ``novel`` (.md/.tex, :func:`novel_table`: N-way K-shot accuracy
+      on novel and base classes, the generalised rows, and the novel images rejected before adding them);
+      ``novel_queries`` (the episodes' queries per class) goes into its footnote.
 
     - with ``ranking`` (:func:`~cytodml.evaluate.recommend.rank_models`, of ``experiment``): ``recommended``
       (.csv/.md): the recommended model (``experiment``, ``loss``, ``classifier``, ``view``, ``metric``,
@@ -563,8 +778,8 @@ def write_tables(
       gain on the ``metrics`` layout's multiclass metrics, "+1.3 +- 2.0 (p=0.06, 4/5)": mean +- std over trials of the
       per-trial gain, the paired test's p-value and wins / trials.
 
-    ``confusion``, ``spiked``, ``open_set``, ``episodes`` and ``per_class`` are the per-trial tables stacked with ``loss`` and
-    ``trial`` columns, as :func:`collect_trials` returns them.
+    ``confusion``, ``spiked``, ``open_set``, ``episodes``, ``per_class`` and ``novel`` are the per-trial tables
+    stacked with ``loss`` and ``trial`` columns, as :func:`collect_trials` returns them.
     """
     out_dir = Path(out_dir)
     footnote = FOOTNOTE.format(mark=MARK, baseline=baseline)
@@ -593,6 +808,12 @@ def write_tables(
             out_dir / "open_set",
             recommended=recommended,
         )
+
+    if _has_retrieval(aggregated):
+        _write_retrieval(aggregated, out_dir, footnote)
+
+    if novel is not None and not novel.empty:
+        _write_novel(novel, aggregated, out_dir, novel_queries)
 
     if spiked is not None and not spiked.empty:
         _write_spiked(spiked, out_dir, recommended)
