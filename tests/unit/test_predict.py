@@ -575,6 +575,14 @@ def test_predict_config_cross_references_are_checked(predict, named):
     check_predict_config(fill("config", config), list_classes=list_classes)
     config["predict"]["alarm"] = {"false_alarm_rate": 0.01}  # the evaluation's threshold and targets: fine
     check_predict_config(fill("config", config), list_classes=list_classes)
+    # a gallery class as target: the prediction falls back on the count rule for it, so the config is accepted
+    config["predict"] |= {
+        "gallery": {"path": "g"},
+        "targets": [*TARGETS, "pollen"],
+        "model": {**config["predict"]["model"], "classifier": "centroid"},
+    }
+    check_predict_config(fill("config", config), list_classes=list_classes)
+    del config["predict"]["gallery"]
     # the experiment's own calibrated rule, inherited, is named where it is set
     config["experiments"]["tiny"] = {**EXPERIMENT, "alarm": {"false_alarm_rate": 0.01}}
     config["predict"] = {"model": {"experiment": "tiny", "loss": "softmax", "classifier": "knn", "threshold": 0.9}}
