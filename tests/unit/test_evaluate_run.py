@@ -202,12 +202,14 @@ def test_write_trial(tmp_path, softmax_results):
         "confusion.csv",
         "episodes.csv",
         "metrics.csv",
+        "novel.csv",
         "open_set.csv",
         "per_class.csv",
         "predictions.parquet",
         "spiked.csv",
     ]
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "metrics.csv"), softmax_results["metrics"])
+    assert pd.read_csv(tmp_path / "novel.csv").empty  # header only: no novel classes
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "predictions.parquet"), softmax_results["predictions"])
     classifiers = joblib.load(tmp_path / "classifiers.joblib")
     assert set(classifiers) == {"centroid", "gmm", "knn"}
