@@ -396,7 +396,8 @@ def _check_classes(key: str, experiment: dict, classes: list[str], losses: dict)
 
 def _check_novel(key: str, experiment: dict, known: list[str]) -> None:
     """Novel classes are known classes (not targets: the base classifier must learn a target), at least two base
-    classes are left to train on in every trial, and an episode's ways fit both the novel and the base classes."""
+    classes are left to train on in every trial, and an episode's ways fit both the novel and the base classes (the
+    episodic protocol's own episodes, on the base classes' test images, too)."""
     spec = experiment["novel_classes"]
     if isinstance(spec, list):
         for index, class_name in enumerate(spec):
@@ -418,8 +419,14 @@ def _check_novel(key: str, experiment: dict, known: list[str]) -> None:
             f"{key}.novel_classes: target(s) {sorted(overlap)} would be novel in some trial; the base classifier "
             "must learn a target"
         )
+    base = len(known) - per_trial
+    if experiment["protocol"] == "episodic" and experiment["episodes"]["ways"] > base:
+        raise InputError(
+            f"{key}.episodes.ways: {experiment['episodes']['ways']}-way episodes on the test side, but with "
+            f"novel_classes a trial keeps {base} base classes; set episodes.ways to at most {base}"
+        )
     ways = experiment["novel_episodes"].get("ways", per_trial)
-    if ways > per_trial or ways > len(known) - per_trial:
+    if ways > per_trial or ways > base:
         raise InputError(
             f"{key}.novel_episodes.ways: {ways}-way episodes need {ways} novel and {ways} base classes; a trial has "
             f"{per_trial} novel and {len(known) - per_trial} base classes"

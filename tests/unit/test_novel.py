@@ -101,6 +101,10 @@ def sizes_of(source):
         ({"novel_classes": {"rotate": 2}, "targets": ["c"]}, r"target\(s\) \['c'\] would be novel in some trial"),
         ({"novel_classes": {"rotate": 5}}, "leaves fewer than two to train on"),
         ({"novel_classes": ["a", "b"], "novel_episodes": {"ways": 3}}, "3-way episodes need 3 novel"),
+        (
+            {"novel_classes": ["a", "b"], "protocol": "episodic", "fractions": {"train": 0.2, "val": 0.2, "test": 0.6}},
+            "episodes.ways: 8-way episodes on the test side, but with novel_classes a trial keeps 4 base classes",
+        ),
         ({"novel_classes": ["a", "b"], "novel_episodes": {"shots": [5, 20]}}, r"class 'b' \(novel in trial 0\) has 30"),
         ({"novel_classes": ["a"]}, "novel_classes"),
     ],
