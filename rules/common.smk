@@ -244,8 +244,8 @@ def predict_losses(wildcards):
 
 
 def predict_inputs(wildcards):
-    """The trained models, their evaluated classifiers and metrics (the threshold), in predict_losses order; the
-    sample's dump and the gallery. For the recommended model, the experiment's tables: a new aggregation, which may
+    """The trained models, their evaluated classifiers, metrics (the threshold) and latent maps, in predict_losses
+    order; the sample's dump and the gallery. For the recommended model, the experiment's tables: a new aggregation, which may
     recommend another model, reruns predict."""
     model = PREDICT["model"]
     where = f"results/{model['experiment']}"
@@ -254,6 +254,7 @@ def predict_inputs(wildcards):
         "models": [f"{where}/models/{run}.pt" for run in runs],
         "classifiers": [f"{where}/eval/{run}/classifiers.joblib" for run in runs],
         "metrics": [f"{where}/eval/{run}/metrics.csv" for run in runs],
+        "maps": [f"{where}/maps/{run}.npz" for run in runs],
         "dump": PREDICT_SAMPLES[wildcards.sample]["path"],
     }
     if predict_recommended():
@@ -299,13 +300,20 @@ LOSS_FIGURES = ["images", "confusion", "confusion_at_threshold", "similarity"]
 
 
 def report_outputs(experiment):
-    """The report's files of one experiment, among the final outputs: the config record and the PNG of every figure
-    (each job writes the PDF beside it)."""
+    """The report's files of one experiment, among the final outputs: the config record, the PNG of every figure
+    (each job writes the PDF beside it), the explorer page and the objects' exports of every evaluation.
+    """
     settings = EXPERIMENTS[experiment]
     detection = ["roc"] if settings["targets"] or settings["open_set"] else []
     novel = ["novel_shots"] if "novel_classes" in settings else []
     return (
-        [f"results/{experiment}/config.yaml"]
+        [f"results/{experiment}/config.yaml", f"results/{experiment}/explorer.html"]
+        + [
+            f"results/{experiment}/eval/{loss}/t{trial}/objects.{suffix}"
+            for loss in settings["losses"]
+            for trial in trials(experiment)
+            for suffix in ("h5ad", "fcs")
+        ]
         + [
             f"results/{experiment}/figures/{name}.png"
             for name in EXPERIMENT_FIGURES + detection + novel

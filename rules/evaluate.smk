@@ -1,4 +1,25 @@
-# Classifiers on the latent space per trial, then tables over trials per experiment.
+# Classifiers on the latent space per trial, then tables over trials per experiment; the latent map of each model.
+
+
+rule latent_map:
+    input:
+        "results/{experiment}/embeddings/{loss}/t{trial}.parquet",
+    output:
+        map="results/{experiment}/maps/{loss}/t{trial}.npz",
+        table="results/{experiment}/maps/{loss}/t{trial}.parquet",
+    log:
+        "logs/{experiment}/maps/{loss}/t{trial}.log",
+    benchmark:
+        "results/benchmarks/{experiment}/maps/{loss}/t{trial}.tsv"
+    conda:
+        "../envs/evaluate.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=20,
+    params:
+        seed=config["seed"],
+    script:
+        "../scripts/latent_map.py"
 
 
 rule evaluate:

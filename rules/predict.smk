@@ -27,6 +27,9 @@ rule predict:
             category="predict",
             subcategory="{sample}",
         ),
+        h5ad="results/predict/{sample}/objects.h5ad",
+        fcs="results/predict/{sample}/objects.fcs",
+        explorer="results/predict/{sample}/explorer.html",
     log:
         "logs/predict/{sample}.log",
     benchmark:
@@ -40,6 +43,7 @@ rule predict:
         mem_mb=4000,
         runtime=30,
     params:
+        trial=lambda wildcards: PREDICT["model"]["trial"],
         source=predict_source,
         gallery=predict_gallery,
         signatures=predict_signatures,

@@ -1,3 +1,68 @@
+# Exports and the explorer page of each experiment, then its figures.
+# The objects of every evaluation, one row each, beside its tables: Parquet, AnnData (.h5ad) and FCS.
+
+
+rule export_objects:
+    input:
+        embeddings="results/{experiment}/embeddings/{loss}/t{trial}.parquet",
+        predictions="results/{experiment}/eval/{loss}/t{trial}/predictions.parquet",
+        classifiers="results/{experiment}/eval/{loss}/t{trial}/classifiers.joblib",
+        metrics="results/{experiment}/eval/{loss}/t{trial}/metrics.csv",
+        map="results/{experiment}/maps/{loss}/t{trial}.parquet",
+        patches=lambda wildcards: patches_of(wildcards)["table"],
+    output:
+        table="results/{experiment}/eval/{loss}/t{trial}/objects.parquet",
+        h5ad="results/{experiment}/eval/{loss}/t{trial}/objects.h5ad",
+        fcs="results/{experiment}/eval/{loss}/t{trial}/objects.fcs",
+    log:
+        "logs/{experiment}/export/{loss}/t{trial}.log",
+    benchmark:
+        "results/benchmarks/{experiment}/export/{loss}/t{trial}.tsv"
+    conda:
+        "../envs/report.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        targets=lambda wildcards: experiment_of(wildcards)["targets"],
+    script:
+        "../scripts/export_objects.py"
+
+
+# One page per experiment to look at every model's latent map with the cells, linked from the report (its caption
+# in report/workflow.rst), not embedded in it: it holds a thumbnail per object.
+
+
+rule explorer:
+    input:
+        unpack(patches_of),
+        objects=per_loss_and_trial(
+            "results/{experiment}/eval/{loss}/t{trial}/objects.parquet"
+        ),
+        metrics=per_loss_and_trial(
+            "results/{experiment}/eval/{loss}/t{trial}/metrics.csv"
+        ),
+        maps=per_loss_and_trial("results/{experiment}/maps/{loss}/t{trial}.npz"),
+    output:
+        "results/{experiment}/explorer.html",
+    log:
+        "logs/{experiment}/explorer.log",
+    benchmark:
+        "results/benchmarks/{experiment}/explorer.tsv"
+    conda:
+        "../envs/report.yaml"
+    resources:
+        mem_mb=4000,
+        runtime=20,
+    params:
+        runs=loss_trials,
+        channels=figure_channels,
+        targets=lambda wildcards: experiment_of(wildcards)["targets"],
+        seed=config["seed"],
+    script:
+        "../scripts/explorer.py"
+
+
 # Figures of each experiment, in results/{experiment}/figures/: a PNG for the report and a PDF beside it for papers.
 # Figures of one trial (latent spaces, block features, thumbnails, similarity maps) draw trial FIGURE_TRIAL; the
 # others pool or average over every trial.
@@ -5,7 +70,7 @@
 
 rule figure_latent:
     input:
-        embeddings=per_loss("results/{experiment}/embeddings/{loss}/t{trial}.parquet"),
+        maps=per_loss("results/{experiment}/maps/{loss}/t{trial}.parquet"),
     output:
         **figure("latent", "latent space", "latent space"),
     log:
@@ -53,7 +118,7 @@ rule figure_blocks:
 rule figure_images:
     input:
         unpack(patches_of),
-        embeddings=f"results/{{experiment}}/embeddings/{{loss}}/t{FIGURE_TRIAL}.parquet",
+        map=f"results/{{experiment}}/maps/{{loss}}/t{FIGURE_TRIAL}.parquet",
     output:
         **figure("images", "image t-SNE", "latent space", loss="{loss}"),
     log:

@@ -4,8 +4,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from cytodml.evaluate.latent_map import balanced_subsample
 from cytodml.learn.embed import embed
-from cytodml.report.figures import SCORED_SUBSETS, balanced_subsample, block_tsne
+from cytodml.report.figures import SCORED_SUBSETS, block_tsne
 from cytodml.runlog import logged
 
 with logged(snakemake.log[0]) as log:

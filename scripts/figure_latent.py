@@ -6,12 +6,6 @@ from cytodml.report.figures import latent_space
 from cytodml.runlog import logged
 
 with logged(snakemake.log[0]) as log:
-    tables = {loss: pd.read_parquet(path) for loss, path in zip(snakemake.params.losses, snakemake.input.embeddings)}
-    figure = latent_space(
-        tables,
-        list(snakemake.output),
-        limit=snakemake.params.points,
-        seed=snakemake.params.seed,
-        threads=snakemake.threads,
-    )
-    log.info("latent spaces of %s: %s", ", ".join(tables), figure.axes[0].get_xlabel())
+    maps = {loss: pd.read_parquet(path) for loss, path in zip(snakemake.params.losses, snakemake.input.maps)}
+    figure = latent_space(maps, list(snakemake.output), limit=snakemake.params.points, seed=snakemake.params.seed)
+    log.info("latent spaces of %s: %s", ", ".join(maps), figure.axes[0].get_xlabel())

@@ -1,10 +1,12 @@
-"""Detect targets in one new sample: patch it as the model's data set, embed, classify, count, decide the alarm."""
+"""Detect targets in one new sample: patch it as the model's data set, embed, classify, count, decide the alarm, place
+its objects on the model's latent map."""
 
 from pathlib import Path
 
 import torch
 
 from cytodml.evaluate.detector import load_detector
+from cytodml.evaluate.latent_map import load_map
 from cytodml.evaluate.operating_point import read_evaluation
 from cytodml.evaluate.recommend import read_recommended
 from cytodml.predict import add_gallery, predict_sample
@@ -47,9 +49,10 @@ with logged(snakemake.log[0]) as log:
         validation=validation,
         name=snakemake.wildcards.sample,
         recommended=recommended,
+        latent_map=load_map(snakemake.input.maps[run]),
         workers=snakemake.threads,
     )
-    write_prediction(result, Path(snakemake.output.summary).parent)
+    write_prediction(result, Path(snakemake.output.summary).parent, model=(loss, params.trial))
     summary = result["summary"]
     log.info(
         "%d objects, %d target(s) called at confidence >= %g, alarm: %s; counts %s",

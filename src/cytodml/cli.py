@@ -19,9 +19,10 @@ from cytodml.config import dump_source, load_config, predict_settings, validate_
 from cytodml.errors import InputError
 from cytodml.evaluate.detection import alarm_rule
 from cytodml.evaluate.detector import load_detector, save_detector
+from cytodml.evaluate.latent_map import load_map
 from cytodml.evaluate.operating_point import read_evaluation
 from cytodml.evaluate.recommend import read_recommended
-from cytodml.predict import add_gallery, predict_sample
+from cytodml.predict import add_gallery, predict_sample, read_labels
 from cytodml.report.sample import write_prediction
 
 SOURCE_KINDS = ("folder", "synthetic", "montage", "medmnist", "manifest")
@@ -44,6 +45,7 @@ def predict(args) -> None:
     config, dataset, experiment = _study(args.config, args.experiment)
     model, classifiers, classifier, recommended = _model_files(args, experiment)
     detector = load_detector(model, classifiers, classifier)
+    map_path = args.map or _map_beside(model)
     # what the command line sets, as a config's predict: block would; the rest comes from the experiment
     asked = {"model": {"experiment": args.experiment}}
     if args.targets is not None:
@@ -72,9 +74,10 @@ def predict(args) -> None:
         validation=validation,
         name=args.sample,
         recommended=recommended,
+        latent_map=load_map(map_path) if map_path else None,
         workers=args.threads or 1,
     )
-    write_prediction(result, args.out)
+    write_prediction(result, args.out, model=_model_name(model))
     summary = result["summary"]
     alarm = "ALARM" if summary["alarm"] else "no alarm"
     chosen = f" (recommended model: loss {recommended['loss']}, classifier {classifier})" if recommended else ""
@@ -107,6 +110,22 @@ def _model_files(args, experiment: dict) -> tuple[str, str, str, dict | None]:
     return str(model), str(classifiers), recommended["classifier"], recommended
 
 
+def _map_beside(model) -> str | None:
+    """The latent map the workflow made for a model in its layout (results/<experiment>/maps/<loss>/t<n>.npz for
+    results/<experiment>/models/<loss>/t<n>.pt), where it exists."""
+    model = Path(model)
+    candidate = model.parents[2] / "maps" / model.parent.name / f"{model.stem}.npz" if len(model.parents) > 2 else None
+    return str(candidate) if candidate is not None and candidate.is_file() else None
+
+
+def _model_name(model) -> tuple[str, int]:
+    """(loss, trial) of a model file in the workflow's layout (models/<loss>/t<n>.pt), which the explorer page names;
+    the file's folder and trial 0 for a file elsewhere."""
+    model = Path(model)
+    number = model.stem.removeprefix("t")
+    return model.parent.name, int(number) if number.isdigit() else 0
+
+
 def gallery(args) -> None:
     _, dataset, _ = _study(args.config, args.experiment)
     detector = load_detector(args.model, args.classifiers, args.classifier)
@@ -115,6 +134,7 @@ def gallery(args) -> None:
         dump_source(dataset["source"], _dump(args.examples, args.kind)),
         channels=dataset["channels"],
         patch=dataset["patch"],
+        labels=read_labels(args.labels) if args.labels else None,
         workers=args.threads or 1,
     )
     save_detector(extended, args.out)
@@ -193,11 +213,21 @@ def _parser() -> argparse.ArgumentParser:
         help="alarm at the called-target count a blank sample of this size reaches at most at this rate",
     )
     run.add_argument("--sample", help="the sample's name in the summary (default: the dump's folder name)")
+    run.add_argument(
+        "--map",
+        help="the model's latent map, for the explorer page (default: results/<experiment>/maps/<loss>/t<n>.npz "
+        "beside the model's results/<experiment>/models/<loss>/t<n>.pt, where it exists)",
+    )
     run.set_defaults(command=predict)
 
     add = commands.add_parser("gallery", help="add labelled examples of new classes to a centroid or kNN classifier")
     common(add)
     add.add_argument("--examples", required=True, help="labelled example images, one folder per class")
+    add.add_argument(
+        "--labels",
+        help="a CSV of object_id,label (an explorer page's saved selection): the examples are those objects of "
+        "--examples, with these labels",
+    )
     add.add_argument("--out", required=True, help="the extended classifier, for --classifiers of `cytodml predict`")
     add.set_defaults(command=gallery)
     return parser

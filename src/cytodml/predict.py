@@ -32,10 +32,12 @@ from cytodml.data.sources import ingest
 from cytodml.errors import InputError
 from cytodml.evaluate.detection import alarm_count, alarm_rule
 from cytodml.evaluate.detector import Detector, add_examples, check_extensible
+from cytodml.evaluate.latent_map import LatentMap
 from cytodml.evaluate.metrics import UNKNOWN_NAME
+from cytodml.evaluate.objects import classifier_scores
 from cytodml.learn.embed import check_images, embed
 
-__all__ = ["add_gallery", "gallery_classes", "predict_sample", "summarize"]
+__all__ = ["add_gallery", "gallery_classes", "predict_sample", "read_labels", "summarize"]
 
 #: the patch stage's counts of objects it leaves out (filler, duplicate, background): a sample's summary gives their sum
 DROPPED_COUNTS = [column for column in COUNT_COLUMNS if column.startswith("dropped_")]
@@ -85,6 +87,7 @@ def predict_sample(
     validation: tuple[int, int] | None = None,
     name: str | None = None,
     recommended: dict | None = None,
+    latent_map: LatentMap | None = None,
     workdir=None,
     workers: int = 1,
 ) -> dict:
@@ -96,14 +99,16 @@ def predict_sample(
     (:func:`~cytodml.evaluate.detection.alarm_rule`), ``validation`` what a calibrated one rests on
     (:func:`~cytodml.evaluate.operating_point.read_evaluation`); ``recommended`` the row of the experiment's
     ``recommended.csv`` where the detector is its recommended model
-    (:func:`~cytodml.evaluate.recommend.read_recommended`), which the summary then says; ``workdir`` where the patches
-    are cut (a temporary folder, removed after).
+    (:func:`~cytodml.evaluate.recommend.read_recommended`), which the summary then says; ``latent_map`` the model's
+    map (:mod:`cytodml.evaluate.latent_map`), where the objects are placed beside the training classes; ``workdir``
+    where the patches are cut (a temporary folder, removed after).
 
     Returns ``objects`` (one row per patch: ``object_id``, ``predicted`` (the class called, or "unknown" below the
     threshold), ``best_match`` (the most probable class), ``confidence``, ``is_target`` (called a target class),
-    ``distance_<class>`` (Euclidean, to each class centre), the QC flags), ``summary`` (:func:`summarize`),
-    ``target_rows`` (the rows of the called targets, most confident first, as the montage shows them) and
-    ``target_images`` (their patches).
+    ``distance_<class>`` (Euclidean, to each class centre), ``probability_<class>`` (for a classifier without a class
+    model: SVM, kNN), the QC flags, and ``map_x``, ``map_y`` on the map), ``summary`` (:func:`summarize`),
+    ``target_rows`` (the rows of the called targets, most confident first, as the montage shows them),
+    ``target_images`` (their patches), ``images`` and ``embedding`` (of every object) and ``map`` (``latent_map``).
 
     A calibrated rule with a gallery class among the targets (:func:`gallery_classes`) cannot be computed, since the
     evaluation never saw that class: the count rule :data:`COUNT_RULE` is applied instead, and the summary's
@@ -113,8 +118,10 @@ def predict_sample(
     if note:
         validation = None  # the count rule applied rests on no validation count
     table, images, counts = _dump_patches(source, list(channels), patch, detector.bundle, workdir, workers)
-    objects = _classify(detector, embed(detector.model, images)["embedding"], threshold, targets)
-    objects = pd.concat([table[["object_id"]], objects, table[QC_FLAGS]], axis=1)
+    X = embed(detector.model, images)["embedding"]
+    objects = pd.concat([table[["object_id"]], _classify(detector, X, threshold, targets), table[QC_FLAGS]], axis=1)
+    if latent_map is not None:
+        objects["map_x"], objects["map_y"] = latent_map.place(X, threads=workers).T
     summary = summarize(
         objects,
         detector.class_names,
@@ -130,7 +137,15 @@ def predict_sample(
         alarm_note=note,
     )
     order = _most_confident_targets(objects)
-    return {"objects": objects, "summary": summary, "target_images": images[order], "target_rows": order}
+    return {
+        "objects": objects,
+        "summary": summary,
+        "target_images": images[order],
+        "target_rows": order,
+        "images": images,
+        "embedding": X,
+        "map": latent_map,
+    }
 
 
 def gallery_classes(detector: Detector) -> list[str]:
@@ -187,6 +202,10 @@ def _classify(detector: Detector, X: np.ndarray, threshold: float, targets: list
     distances = cdist(X.astype(np.float64), detector.centres.to_numpy(np.float64))
     for column, class_name in enumerate(detector.centres.index):
         objects[f"distance_{class_name}"] = distances[:, column]
+    kind, scores = classifier_scores(estimator, X, detector.class_names)
+    if kind == "probability":
+        for class_name in scores:
+            objects[f"probability_{class_name}"] = scores[class_name].to_numpy()
     return objects
 
 
@@ -255,6 +274,7 @@ def add_gallery(
     *,
     channels: list[str],
     patch: dict,
+    labels: pd.DataFrame | None = None,
     workdir=None,
     workers: int = 1,
 ) -> Detector:
@@ -262,8 +282,42 @@ def add_gallery(
 
     The examples are patched like a dump and passed to :func:`~cytodml.evaluate.detector.add_examples`: a class the
     classifier does not know becomes a new class, examples of a known class join it; nothing is retrained. The
-    detector given is left as it was.
+    detector given is left as it was. With ``labels`` (:func:`read_labels`: the objects picked in an explorer page),
+    the examples are those objects of the dump, with those labels, whatever folder they lie in.
     """
     check_extensible(detector)  # before the gallery is patched: a classifier that cannot take it is refused at once
+    where = f"gallery {source.get('path')}"
     table, images, _ = _dump_patches(source, list(channels), patch, detector.bundle, workdir, workers)
-    return add_examples(detector, images, table["class_name"], where=f"gallery {source.get('path')}")
+    if labels is None:
+        return add_examples(detector, images, table["class_name"], where=where)
+    absent = sorted(set(labels["object_id"]) - set(table["object_id"]))
+    if absent:
+        raise InputError(
+            f"{where}: {len(absent)} labelled object(s) are not objects of the dump, e.g. {absent[:3]} (were the "
+            "labels saved from an explorer page of this dump, or of the data set's?)"
+        )
+    picked = table["object_id"].isin(labels["object_id"]).to_numpy()
+    names = table.loc[picked, "object_id"].map(dict(zip(labels["object_id"], labels["label"])))
+    return add_examples(detector, images[picked], names.to_numpy(), where=f"{where} with the picked labels")
+
+
+def read_labels(path) -> pd.DataFrame:
+    """An explorer page's saved selection: a CSV with columns ``object_id`` and ``label``, one row per object."""
+    try:
+        labels = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such labels file") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise InputError(f"{path}: not a labels CSV ({error})") from None
+    missing = {"object_id", "label"} - set(labels.columns)
+    if missing:
+        raise InputError(f"{path}: missing column(s) {sorted(missing)} (has {list(labels.columns)})")
+    for row, (object_id, label) in enumerate(zip(labels["object_id"], labels["label"]), start=2):
+        if not object_id or not label:
+            raise InputError(f"{path}: line {row}: an empty object_id or label")
+    twice = sorted(set(labels["object_id"][labels["object_id"].duplicated()]))
+    if twice:
+        raise InputError(f"{path}: object(s) {twice[:3]} listed more than once")
+    if labels.empty:
+        raise InputError(f"{path}: no labelled objects")
+    return labels[["object_id", "label"]]

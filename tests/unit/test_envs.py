@@ -27,6 +27,7 @@ IMPORT_NAME = {
     "pillow": "PIL",
     "pyyaml": "yaml",
     "pytorch-metric-learning": "pytorch_metric_learning",
+    "opentsne": "openTSNE",
 }
 #: the interpreter and the installer of the pip section: in every env, imported by no script
 INSTALLERS = {"python", "pip"}

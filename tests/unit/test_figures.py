@@ -12,7 +12,7 @@ from torch import nn
 
 from cytodml.data import qc
 from cytodml.errors import InputError
-from cytodml.evaluate import explain
+from cytodml.evaluate import explain, latent_map
 from cytodml.learn.embed import MODEL_FORMAT, MODEL_VERSION, embed
 from cytodml.learn.losses import build_loss
 from cytodml.learn.models import EmbeddingNet, build_model
@@ -78,16 +78,6 @@ def legend_texts(figure) -> list[str]:
 # -------------------------------------------------------------------------------------------- points and projections
 
 
-def test_balanced_subsample_keeps_rare_classes_whole():
-    groups = np.array(["common"] * 900 + ["rare"] * 30 + ["mid"] * 200)
-    rows = figures.balanced_subsample(groups, limit=300, seed=1)
-    kept = pd.Series(groups[rows]).value_counts()
-    assert len(rows) <= 300 and kept["rare"] == 30 and kept["mid"] == kept["common"] == 135
-    assert np.array_equal(rows, np.sort(rows)) and len(set(rows)) == len(rows)
-    assert np.array_equal(rows, figures.balanced_subsample(groups, limit=300, seed=1))
-    assert len(figures.balanced_subsample(groups[:50], limit=300)) == 50
-
-
 def test_project_2d_keeps_a_2d_latent_space_and_names_the_method():
     X = np.random.default_rng(0).normal(size=(40, 2))
     xy, name = figures.project_2d(X)
@@ -103,14 +93,20 @@ def test_project_2d_keeps_a_2d_latent_space_and_names_the_method():
 # ------------------------------------------------------------------------------------------------------ latent space
 
 
+def map_table(dim: int, seed: int = 0) -> pd.DataFrame:
+    """An embedding table on the latent map fitted to it (:mod:`cytodml.evaluate.latent_map`)."""
+    table = embedding_table(dim, seed)
+    return latent_map.map_table(table, latent_map.fit_map(table, seed=seed))
+
+
 @pytest.mark.parametrize("dim, method", [(2, "latent"), (5, "t-SNE")])
 def test_latent_space_has_a_panel_per_loss_named_by_method(tmp_path, dim, method):
     paths = [tmp_path / "latent.png", tmp_path / "latent.pdf"]
-    tables = {loss: embedding_table(dim, seed) for seed, loss in enumerate(LOSSES)}
-    figure = figures.latent_space(tables, paths, method="auto" if dim == 2 else "tsne")
+    tables = {loss: map_table(dim, seed) for seed, loss in enumerate(LOSSES)}
+    figure = figures.latent_space(tables, paths)
     check_files(paths)
     axes = [ax for ax in figure.axes if ax.axison]
-    assert [ax.get_title().split(" (")[0] for ax in axes] == LOSSES
+    assert [ax.get_title() for ax in axes] == LOSSES
     assert {ax.get_xlabel() for ax in axes} == {f"{method} 1"} and {ax.get_ylabel() for ax in axes} == {f"{method} 2"}
     assert legend_texts(figure) == [*KNOWN, "pollen (unseen)"]
     # test and unknown rows only: 3 x 20 + 8 points per panel
@@ -118,17 +114,17 @@ def test_latent_space_has_a_panel_per_loss_named_by_method(tmp_path, dim, method
 
 
 def test_latent_space_draws_unseen_classes_grey(paths):
-    figure = figures.latent_space({"triplet": embedding_table(2)}, paths)
+    figure = figures.latent_space({"triplet": map_table(2)}, paths)
     colours = {tuple(np.round(c.get_facecolor()[0][:3], 3)) for c in figure.axes[0].collections}
     grey = tuple(np.round(np.array([int(UNKNOWN_COLOR[i : i + 2], 16) for i in (1, 3, 5)]) / 255, 3))
     assert grey in colours
 
 
-def test_latent_space_refuses_a_table_without_embeddings(paths):
-    with pytest.raises(InputError, match="embedding"):
-        figures.latent_space({"softmax": embedding_table(2).drop(columns="embedding")}, paths)
+def test_latent_space_refuses_a_table_without_map_positions(paths):
+    with pytest.raises(InputError, match="latent map of loss 'softmax'.*'x'"):
+        figures.latent_space({"softmax": map_table(2).drop(columns="x")}, paths)
     with pytest.raises(InputError, match="figure format"):
-        figures.latent_space({"softmax": embedding_table(2)}, "latent.svg")
+        figures.latent_space({"softmax": map_table(2)}, "latent.svg")
 
 
 def test_block_tsne_has_a_row_per_network_and_a_column_per_block(paths):
@@ -151,7 +147,7 @@ def test_image_tsne_places_one_framed_thumbnail_per_occupied_cell(paths):
     # two channels, shown side by side: each thumbnail is twice as wide as high
     images = np.random.default_rng(0).integers(0, 255, (len(table), 2, SIZE, SIZE), dtype=np.uint8)
     X = np.stack(table["embedding"].to_numpy())
-    figure = figures.image_tsne(images, X, table["class_name"], paths, unseen=["pollen"], cells=6)
+    figure = figures.image_tsne(images, X, table["class_name"], paths, unseen=["pollen"], cells=6, method="latent")
     check_files(paths)
     ax = figure.axes[0]
     assert (ax.get_xlabel(), ax.get_ylabel()) == ("latent 1", "latent 2")

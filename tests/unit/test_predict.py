@@ -10,6 +10,8 @@ import re
 import subprocess
 import sys
 
+import anndata
+import flowio
 import joblib
 import numpy as np
 import pandas as pd
@@ -29,6 +31,7 @@ from cytodml.data.synthetic import render_dump
 from cytodml.errors import InputError
 from cytodml.evaluate.classifiers import CentroidClassifier, SVMClassifier
 from cytodml.evaluate.detector import load_detector, save_detector
+from cytodml.evaluate.latent_map import fit_map, save_map
 from cytodml.evaluate.operating_point import read_evaluation
 from cytodml.evaluate.protocols import generalised_accuracy
 from cytodml.evaluate.recommend import rank_models, validation_scores
@@ -36,7 +39,7 @@ from cytodml.evaluate.run import evaluate_trial, write_trial
 from cytodml.learn.embed import embed, embedding_table, load_model
 from cytodml.learn.inputs import class_labels, known_classes, subset_images
 from cytodml.learn.trainer import train
-from cytodml.predict import COUNT_RULE, add_gallery, gallery_classes, predict_sample, summarize
+from cytodml.predict import COUNT_RULE, add_gallery, gallery_classes, predict_sample, read_labels, summarize
 from cytodml.report.sample import write_prediction
 from cytodml.report.tables import aggregate, collect_trials, sum_confusion, write_tables
 
@@ -112,6 +115,7 @@ def study(tmp_path_factory):
     torch.save(bundle, model_path)
     embeddings = embedding_table(load_model(bundle), patches, split, [0])
     results = evaluate_trial(embeddings, EXPERIMENT, known_classes(embeddings), "softmax", SEED)
+    save_map(fit_map(embeddings, seed=SEED), root / "results/tiny/maps/softmax/t0.npz")
     eval_dir = root / "results/tiny/eval/softmax/t0"
     write_trial(results, eval_dir)
     config = {
@@ -461,6 +465,14 @@ def test_command_line_predicts_and_writes_the_outputs(study, tmp_path):
     assert summary.startswith("# Sample water-0001") and "| total | 64 |" in summary
     assert f">= {read_evaluation(study['metrics_path'], 'gmm')[0]:g}" in summary  # the evaluation's threshold
     assert (out / "targets.png").read_bytes()[:4] == b"\x89PNG"
+    # the objects on the model's latent map (found beside the model), in the exports and the explorer page
+    assert objects[["map_x", "map_y"]].notna().all().all()
+    adata = anndata.read_h5ad(out / "objects.h5ad")
+    assert adata.n_obs == 64 and adata.obs["predicted"].tolist() == objects["predicted"].tolist()
+    np.testing.assert_allclose(adata.obsm["X_tsne"], objects[["map_x", "map_y"]].to_numpy(), rtol=1e-6)
+    assert flowio.FlowData(str(out / "objects.fcs")).event_count == 64
+    page = (out / "explorer.html").read_text()
+    assert "sample water-0001" in page and "<script src=" not in page
 
 
 def test_command_line_gallery_then_predict(study, tmp_path, capsys):
@@ -479,6 +491,49 @@ def test_command_line_gallery_then_predict(study, tmp_path, capsys):
     # summary
     note = "cannot be computed for the gallery class(es) pollen"
     assert note in capsys.readouterr().out and note in (tmp_path / "out" / "summary.md").read_text()
+
+
+def test_gallery_takes_the_objects_picked_in_an_explorer_page(study, tmp_path, capsys):
+    """A selection saved from an explorer page (object_id, label) names objects of a dump, whatever their folder:
+    those, with those labels, join the classifier."""
+    dump = render(tmp_path / "sample", {"pollen": 8, "bead": 8}, seed=110)
+    ids = ingest(dump, CHANNELS)["object_id"]
+    picked = pd.DataFrame({"object_id": ids[ids.str.startswith("pollen/")].head(5), "label": "grain"})
+    picked.to_csv(tmp_path / "selection.csv", index=False)
+    centroid = load_detector(study["model"], study["classifiers"], "centroid")
+    extended = add_gallery(
+        centroid, dump, channels=CHANNELS, patch=PATCH, labels=read_labels(tmp_path / "selection.csv")
+    )
+    assert extended.class_names == [*centroid.class_names, "grain"]
+    assert int(extended.classifier.counts_[-1]) == 5  # the five picked, not the dump's other objects
+
+    out = tmp_path / "with-grain.joblib"
+    gallery = cli(study, "gallery", classifier="centroid")
+    options = ["--examples", dump["path"], "--labels", str(tmp_path / "selection.csv"), "--out", str(out)]
+    assert main([*gallery, *options]) == 0 and "(new: grain)" in capsys.readouterr().out
+
+    picked.assign(object_id=[f"pollen/none-{number}" for number in range(5)]).to_csv(
+        tmp_path / "stray.csv", index=False
+    )
+    with pytest.raises(InputError, match=r"5 labelled object\(s\) are not objects of the dump, e.g. \['pollen/none-0'"):
+        add_gallery(centroid, dump, channels=CHANNELS, patch=PATCH, labels=read_labels(tmp_path / "stray.csv"))
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("object_id,class\na,b\n", r"missing column\(s\) \['label'\]"),
+        ("object_id,label\na,\n", "line 2: an empty object_id or label"),
+        ("object_id,label\na,x\na,y\n", r"object\(s\) \['a'\] listed more than once"),
+        ("object_id,label\n", "no labelled objects"),
+    ],
+)
+def test_a_labels_file_is_checked_before_the_dump_is_read(tmp_path, text, message):
+    (tmp_path / "labels.csv").write_text(text)
+    with pytest.raises(InputError, match=message):
+        read_labels(tmp_path / "labels.csv")
+    with pytest.raises(InputError, match="no such labels file"):
+        read_labels(tmp_path / "absent.csv")
 
 
 def test_command_line_reports_bad_input_in_one_line(study, tmp_path, capsys):

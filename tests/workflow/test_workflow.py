@@ -4,6 +4,9 @@ import copy
 import re
 import shutil
 
+import anndata
+import flowio
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -138,6 +141,15 @@ def test_tiny_study_end_to_end(tiny_run, tiny_config):
         loss: len(pd.read_csv(tiny_run / f"results/tiny/models/{loss}/t0.history.csv")) for loss in experiment["losses"]
     }
     assert epochs == {"softmax": 2, "triplet": 2, "constellation-k3": 3}
+    # every evaluation's objects exported for scanpy and gating software, every model on the explorer page
+    evaluation = tiny_run / "results/tiny/eval/triplet/t1"
+    gmm = pd.read_parquet(evaluation / "predictions.parquet").query("classifier == 'gmm'")
+    adata = anndata.read_h5ad(evaluation / "objects.h5ad")
+    assert adata.n_obs == len(gmm) and adata.obsm["X_latent"].shape == (len(gmm), 2)  # a 2-D latent space: its own map
+    assert np.allclose(adata.obs["gmm_confidence"], gmm["confidence"])
+    assert flowio.FlowData(str(evaluation / "objects.fcs")).event_count == len(gmm)
+    page = (tiny_run / "results/tiny/explorer.html").read_text()
+    assert page.startswith("<!DOCTYPE html>") and "<script src=" not in page and "softmax, trial 1" in page
 
 
 def test_pretraining_starts_every_loss_and_the_tables_compare_it_paired(tiny_run, tiny_config):

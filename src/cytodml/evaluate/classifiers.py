@@ -351,6 +351,10 @@ class GMMClassifier(_TypicalityMixin, _EmbeddingClassifier):
         joint = self.log_likelihoods(X) + self.log_priors_
         return np.exp(joint - logsumexp(joint, axis=1, keepdims=True))
 
+    def distances(self, X) -> np.ndarray:
+        """N x K Mahalanobis distances to the nearest component of each class, columns in ``classes_`` order."""
+        return np.sqrt(self._class_distances(X))
+
     def _class_distances(self, X) -> np.ndarray:
         """N x K squared Mahalanobis distance to the nearest component of each class, columns in ``classes_`` order."""
         X = self._check_query(X)

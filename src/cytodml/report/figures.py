@@ -3,7 +3,8 @@
 Every figure function takes plain arrays and tables (the workflow's files, read by the caller), writes the figure to
 ``path`` (one path, or a list of paths: one file per format) and returns the :class:`~matplotlib.figure.Figure`. The
 look (palette, type sizes) is :mod:`cytodml.report.style`'s. Scatter plots of many images are thinned by
-:func:`balanced_subsample` and projected to the plane by :func:`project_2d`, so every figure stays cheap on a CPU.
+:func:`balanced_subsample`; a model's embeddings are drawn on its latent map (:mod:`cytodml.evaluate.latent_map`, computed
+once per model), other features are projected to the plane by :func:`project_2d`, so every figure stays cheap on a CPU.
 Patches are shown by :func:`cytodml.data.qc.display_image`; what a figure shows of the network's reasoning (nearest
 prototypes, similarity maps) is computed in :mod:`cytodml.evaluate.explain`, and only drawn here.
 """
@@ -23,6 +24,7 @@ from threadpoolctl import threadpool_limits
 
 from cytodml.data.qc import display_image, figure_paths
 from cytodml.errors import InputError, require_columns
+from cytodml.evaluate.latent_map import balanced_subsample
 from cytodml.evaluate.metrics import UNKNOWN_NAME, sklearn_seed
 from cytodml.report.style import (
     HEAT,
@@ -42,31 +44,13 @@ UNSEEN_MARKERS = ("x", "+", "1", "2")
 BARS = (("multiclass", "mcc"), ("multiclass", "balanced_accuracy"), ("latent", "silhouette"))
 METRIC_NAMES = {"mcc": "MCC", "balanced_accuracy": "balanced accuracy", "map_at_r": "MAP@R", "auroc": "AUROC"}
 SCORED_SUBSETS = ("test", "unknown")
+MAP_COLUMNS = ("subset", "class_name", "x", "y", "map")
 FEW_SHOT_METHODS = ("prototype", "knn", "siamese")
 # the N-way K-shot settings of novel.csv as drawn: (setting, legend label, line style)
 FEW_SHOT_SETTINGS = (("novel", "novel classes", "-"), ("base", "base classes", "--"))
 
 
 # ------------------------------------------------------------------------------------------------- points and planes
-
-
-def balanced_subsample(groups, limit: int = MAX_POINTS, seed: int = 0) -> np.ndarray:
-    """Sorted row positions of at most ``limit`` rows, each group given as equal a share as its size allows.
-
-    The share is water-filled: groups smaller than an equal share keep every row and leave the rest to the larger
-    ones, so a rare class stays fully visible while a common one is thinned. Rows are drawn at random (``seed``).
-    """
-    groups = np.asarray(groups)
-    if len(groups) <= limit:
-        return np.arange(len(groups))
-    names, counts = np.unique(groups, return_counts=True)
-    quota, left = {}, limit
-    for position, index in enumerate(np.argsort(counts, kind="stable")):
-        quota[names[index]] = min(int(counts[index]), left // (len(names) - position))
-        left -= quota[names[index]]
-    rng = np.random.default_rng(seed)
-    drawn = [rng.choice(np.flatnonzero(groups == name), size=quota[name], replace=False) for name in names]
-    return np.sort(np.concatenate(drawn))
 
 
 def project_2d(
@@ -172,40 +156,31 @@ def _grid(figure, panels: int, columns: int):
 
 
 @styled
-def latent_space(
-    embeddings: Mapping[str, pd.DataFrame],
-    path,
-    limit: int = MAX_POINTS,
-    seed: int = 0,
-    method: str = "auto",
-    columns: int = 5,
-    threads: int = 1,
-):
-    """One panel per loss: the test and open-set images in the latent space (Luo et al. 2021, Fig. 7).
+def latent_space(maps: Mapping[str, pd.DataFrame], path, limit: int = MAX_POINTS, seed: int = 0, columns: int = 5):
+    """One panel per loss: the test and open-set images on the model's latent map (Luo et al. 2021, Fig. 7).
 
-    ``embeddings`` maps a loss to the embed stage's table of one trial (``subset``, ``class_name``, ``embedding``),
-    in the order the panels take (put the softmax baseline first to set it beside the metric losses). Each table is
-    thinned by :func:`balanced_subsample` to ``limit`` rows; a latent space of more than two dimensions is projected
-    by :func:`project_2d`, whose method names the axes.
+    ``maps`` maps a loss to the latent-map table of one trial (:func:`cytodml.evaluate.latent_map.map_table`:
+    ``subset``, ``class_name``, ``x``, ``y``, ``map``), in the order the panels take (put the softmax baseline first
+    to set it beside the metric losses). Each table is thinned by :func:`balanced_subsample` to ``limit`` rows; the
+    map's method names the axes.
     """
     figure_paths(path)
-    if not embeddings:
-        raise InputError("latent_space: no embeddings given")
-    for loss, table in embeddings.items():
-        require_columns(table, ("subset", "class_name", "embedding"), f"embeddings of loss {loss!r}")
-    scored = pd.concat([table[table["subset"].isin(SCORED_SUBSETS)] for table in embeddings.values()])
+    if not maps:
+        raise InputError("latent_space: no latent maps given")
+    for loss, table in maps.items():
+        require_columns(table, MAP_COLUMNS, f"latent map of loss {loss!r}")
+    scored = pd.concat([table[table["subset"].isin(SCORED_SUBSETS)] for table in maps.values()])
     styles = _class_styles(scored["class_name"], sorted(set(scored.loc[scored["subset"] == "unknown", "class_name"])))
-    columns = min(columns, len(embeddings))
-    figure = new_figure(2.3 * columns, 2.3 * math.ceil(len(embeddings) / columns) + 0.5)
-    for ax, (loss, table) in zip(_grid(figure, len(embeddings), columns), embeddings.items()):
+    columns = min(columns, len(maps))
+    figure = new_figure(2.3 * columns, 2.3 * math.ceil(len(maps) / columns) + 0.5)
+    for ax, (loss, table) in zip(_grid(figure, len(maps), columns), maps.items()):
         shown = table[table["subset"].isin(SCORED_SUBSETS)]
         if shown.empty:
-            raise InputError(f"embeddings of loss {loss!r}: no test or unknown rows to draw")
+            raise InputError(f"latent map of loss {loss!r}: no test or unknown rows to draw")
         shown = shown.iloc[balanced_subsample(shown["class_name"].to_numpy(), limit, seed)]
-        X = np.stack(shown["embedding"].to_numpy())
-        xy, name = project_2d(X, seed=seed, method=method, threads=threads)
-        _scatter_classes(ax, xy, shown["class_name"].to_numpy(), styles)
-        ax.set_title(loss if name == "latent" else f"{loss} ({X.shape[1]}-D)")
+        name = str(shown["map"].iloc[0])
+        _scatter_classes(ax, shown[["x", "y"]].to_numpy(), shown["class_name"].to_numpy(), styles)
+        ax.set_title(loss)
         ax.set_xlabel(_axis_names(name)[0])
         ax.set_ylabel(_axis_names(name)[1])
         if name == "latent":
@@ -304,28 +279,28 @@ def _draw_thumbnails(ax, images: np.ndarray, names: np.ndarray, grid: _Cells, st
 @styled
 def image_tsne(
     images: np.ndarray,
-    embedding,
+    xy,
     class_names,
     path,
     unseen: Sequence[str] = (),
     cells: int = 20,
-    seed: int = 0,
-    method: str = "auto",
+    method: str = "t-SNE",
     title: str = "",
-    threads: int = 1,
 ):
-    """Thumbnails at their embedded positions (Medela & Picon 2020, Fig. 5): the plane is cut into ``cells`` x
+    """Thumbnails at their places on the latent map (Medela & Picon 2020, Fig. 5): the plane is cut into ``cells`` x
     ``cells`` squares and each occupied square shows the image nearest its centre, framed in its class colour.
 
-    ``images`` (N x C x S x S) are the images of the ``embedding`` rows (N x D, projected by :func:`project_2d`).
+    ``images`` (N x C x S x S) are the images at the map positions ``xy`` (N x 2) of the map ``method``
+    (:mod:`cytodml.evaluate.latent_map`).
     """
     figure_paths(path)
     names = np.asarray(class_names)
-    if not (len(images) == len(names) == len(embedding)):
+    xy = np.asarray(xy, dtype=np.float64)
+    if not (len(images) == len(names) == len(xy)):
         raise InputError(
-            f"image_tsne: {len(images)} images, {len(embedding)} embeddings and {len(names)} class names differ"
+            f"image_tsne: {len(images)} images, {len(xy)} map positions and {len(names)} class names differ"
         )
-    xy, name = project_2d(np.asarray(embedding), seed=seed, method=method, threads=threads)
+    name = method
     grid = _thumbnail_cells(xy, cells)
     styles = _class_styles(names, sorted(unseen))
     figure = new_figure(7.5, 8.0)

@@ -1,4 +1,5 @@
-"""A screened sample's report: its objects table, the one-page summary and the montage of its called targets.
+"""A screened sample's report: its objects table and exports, the one-page summary, the montage of its called
+targets and the explorer page of its objects on the model's latent map.
 
 What a person reads after :func:`cytodml.predict.predict_sample` has classified a sample: the files of
 ``results/predict/<sample>/``. Drawing and writing only; the calls, counts and alarm come made in the result, so the
@@ -16,24 +17,70 @@ from matplotlib.figure import Figure
 from cytodml.data.qc import display_image
 from cytodml.evaluate.detection import BOUND_CONFIDENCE
 from cytodml.evaluate.metrics import UNKNOWN_NAME
+from cytodml.evaluate.objects import score_columns
 from cytodml.io import atomic_path, write_csv, write_parquet, write_text
+from cytodml.report.explorer import ClassifierView, ModelView, explorer_page, thumbnail
+from cytodml.report.exports import write_fcs, write_h5ad
 
-__all__ = ["summary_markdown", "target_montage", "write_prediction"]
+__all__ = ["sample_explorer", "summary_markdown", "target_montage", "write_prediction"]
 
 MONTAGE_LIMIT = 64
 """The montage shows the most confident called targets up to this many; the summary gives the full count."""
 MONTAGE_COLUMNS = 8
 
 
-def write_prediction(result: dict, out_dir) -> None:
-    """objects.parquet, objects.csv, summary.md and targets.png of
-    :func:`~cytodml.predict.predict_sample`'s result, each atomically."""
+def write_prediction(result: dict, out_dir, model: tuple[str, int] = ("model", 0)) -> None:
+    """objects.parquet, objects.csv, objects.h5ad, objects.fcs, summary.md and targets.png of
+    :func:`~cytodml.predict.predict_sample`'s result, each atomically, and explorer.html where the objects were placed
+    on the latent map of the ``model`` (loss, trial)."""
     out_dir = Path(out_dir)
-    write_parquet(result["objects"], out_dir / "objects.parquet")
-    write_csv(result["objects"], out_dir / "objects.csv")
-    objects = result["objects"].loc[result["target_rows"]]
-    target_montage(result["target_images"], objects, out_dir / "targets.png")
-    write_text(summary_markdown(result["summary"], montage="targets.png"), out_dir / "summary.md")
+    objects, summary, latent_map = result["objects"], result["summary"], result["map"]
+    write_parquet(objects, out_dir / "objects.parquet")
+    write_csv(objects, out_dir / "objects.csv")
+    about = {"sample": summary["sample"], "classifier": summary["classifier"], "threshold": summary["threshold"]}
+    method = latent_map.method if latent_map is not None else None
+    write_h5ad(objects, result["embedding"], out_dir / "objects.h5ad", map_method=method, uns=about)
+    write_fcs(objects, out_dir / "objects.fcs", text={f"cytodml_{key}": value for key, value in about.items()})
+    target_montage(result["target_images"], objects.loc[result["target_rows"]], out_dir / "targets.png")
+    write_text(summary_markdown(summary, montage="targets.png"), out_dir / "summary.md")
+    if latent_map is not None:
+        sample_explorer(result, out_dir / "explorer.html", model)
+
+
+def sample_explorer(result: dict, path, model: tuple[str, int]) -> dict:
+    """The explorer page of a screened sample: its objects on the model's latent map, the training images the map
+    was fitted on beneath them, each object's call, confidence and evidence (:func:`explorer_page`)."""
+    objects, summary, latent_map = result["objects"], result["summary"], result["map"]
+    kind, columns = score_columns(objects, "")
+    classifier = ClassifierView(
+        name=summary["classifier"],
+        call=objects["predicted"].to_numpy(),
+        confidence=objects["confidence"].to_numpy(),
+        scores=objects[columns].set_axis([column.removeprefix(f"{kind}_") for column in columns], axis=1),
+        score_kind=kind,
+        threshold=summary["threshold"],
+    )
+    reference = pd.DataFrame(
+        {"x": latent_map.coords[:, 0], "y": latent_map.coords[:, 1], "class_name": latent_map.class_names}
+    )
+    view = ModelView(
+        loss=model[0],
+        trial=model[1],
+        x=objects["map_x"].to_numpy(),
+        y=objects["map_y"].to_numpy(),
+        axis=latent_map.method,
+        classifiers=[classifier],
+        reference=reference,
+    )
+    shown = pd.DataFrame(
+        {
+            "object_id": objects["object_id"],
+            "class_name": None,
+            "subset": "sample",
+            "thumbnail": [thumbnail(image) for image in result["images"]],
+        }
+    )
+    return explorer_page(shown, [view], path, title=f"sample {summary['sample']}", targets=summary["targets"])
 
 
 def target_montage(images: np.ndarray, objects: pd.DataFrame, path, limit: int = MONTAGE_LIMIT) -> None:
