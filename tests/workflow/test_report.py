@@ -50,9 +50,13 @@ def test_report_holds_every_figure_captioned_and_labelled_with_the_config(tiny_r
     with zipfile.ZipFile(tiny_run / "report.zip") as archive:
         files = collections.Counter(PurePosixPath(name).name for name in archive.namelist())
         results = report_results(archive)
+        page = archive.read("report/report.html").decode()
         recorded = [name for name in archive.namelist() if name.endswith("/config.yaml")]
         assert len(recorded) == 1
         record = yaml.safe_load(archive.read(recorded[0]))
+
+    # the explorer page is linked from the report's description, not copied into it: it carries every object's cell
+    assert "explorer.html" not in files and "results/tiny/explorer.html" in page
 
     # every figure's PNG, once per experiment or once per loss; the PDFs stay out (they are for papers)
     assert all(files[f"{name}.png"] == 1 for name in PER_EXPERIMENT), files
