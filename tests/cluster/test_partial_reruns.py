@@ -29,8 +29,12 @@ def trial_jobs(rules, losses=LOSSES, trials=TRIALS, experiment=EXPERIMENT):
     return jobs
 
 
+#: jobs that only present results (maps to draw on, exports, the explorer page), planned with the figures
+PRESENTING = {"experiment_config", "latent_map", "export_objects", "explorer"}
+
+
 def is_figure(rule: str) -> bool:
-    return rule.startswith("figure_") or rule == "experiment_config"
+    return rule.startswith("figure_") or rule in PRESENTING
 
 
 def plan(workdir, *args, config=TINY, figures=False) -> list[tuple[str, str]]:

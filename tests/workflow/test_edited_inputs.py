@@ -29,8 +29,21 @@ pytestmark = pytest.mark.workflow
 # the rules a case plans; the tiny study's training is not among them, so placeholders stand in for its model
 RULES = {"ingest", "patch", "predict"}
 PATCH_OUTPUTS = ["patches.npy", "patches.parquet", "qc/counts.csv", "qc/montage.png"]
-PREDICT_OUTPUTS = ["objects.parquet", "objects.csv", "summary.md", "targets.png"]
-MODEL_FILES = ["models/triplet/t0.pt", "eval/triplet/t0/classifiers.joblib", "eval/triplet/t0/metrics.csv"]
+PREDICT_OUTPUTS = [
+    "objects.parquet",
+    "objects.csv",
+    "summary.md",
+    "targets.png",
+    "objects.h5ad",
+    "objects.fcs",
+    "explorer.html",
+]
+MODEL_FILES = [
+    "models/triplet/t0.pt",
+    "eval/triplet/t0/classifiers.joblib",
+    "eval/triplet/t0/metrics.csv",
+    "maps/triplet/t0.npz",
+]
 
 
 def png(path, value=0):
