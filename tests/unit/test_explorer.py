@@ -19,7 +19,8 @@ import pytest
 from PIL import Image
 
 from cytodml.errors import InputError
-from cytodml.report.explorer import ClassifierView, ModelView, explorer_page, thumbnail
+from cytodml.evaluate.latent_map import LatentMap
+from cytodml.report.explorer import ClassifierView, ModelView, evaluation_models, explorer_page, thumbnail
 
 KNOWN = ["bead", "crypto", "debris"]
 OPEN_SET = "pollen"
@@ -351,3 +352,65 @@ def test_a_sample_without_labels_is_coloured_by_call(browser, tmp_path):
     assert labels == ["rejected (called unknown)", "called (unlabelled)", "target calls"]
     assert errors == []
     page.close()
+
+
+def off_the_map(model: ModelView, rows: slice) -> ModelView:
+    """``model`` without the objects of ``rows``: another trial tested them (NaN coordinates, no call)."""
+    x, y = model.x.copy(), model.y.copy()
+    x[rows] = y[rows] = np.nan
+    blank = []
+    for scorer in model.classifiers:
+        call, confidence = np.array(scorer.call, dtype=object), np.array(scorer.confidence, dtype=np.float64)
+        call[rows], confidence[rows] = "", np.nan
+        blank.append(replace(scorer, call=call, confidence=confidence))
+    return replace(model, x=x, y=y, classifiers=blank)
+
+
+def test_objects_another_trial_tested_are_off_this_models_map(browser, tmp_path):
+    objects = make_objects()
+    models = [off_the_map(model, slice(45, 60)) if model.trial == 0 else model for model in make_models(objects)]
+    explorer_page(objects, models, tmp_path / "trials.html", title="trials")
+    page, errors = open_page(browser, tmp_path / "trials.html")
+    assert drawn(page, 45)["points"] == 60  # trial 0 opens: its 45 objects
+    assert "<b>45</b> of 45 objects drawn" in page.evaluate("() => Bokeh.documents[0].get_model_by_name('status').text")
+    page.locator("select").nth(0).select_option("triplet, trial 1")
+    drawn(page, 60)
+    assert errors == []
+    page.close()
+    half = replace(models[1], y=np.r_[models[1].y[:45], np.zeros(15)])  # NaN in x only: not an object off the map
+    with pytest.raises(InputError, match="NaN in both for an object not on this map"):
+        explorer_page(objects, [half], tmp_path / "bad.html", title="bad")
+
+
+def test_an_experiments_trials_are_joined_by_patch_index():
+    """Each trial's objects table (cytodml.evaluate.objects) holds its own test images: the page holds their union,
+    and each model has coordinates, calls and scores for its own."""
+    tables = {}
+    for trial, indices in ((0, [2, 4, 6]), (1, [4, 6, 8])):
+        tables[("triplet", trial)] = pd.DataFrame(
+            {
+                "index": indices,
+                "object_id": [f"cell/{index}" for index in indices],
+                "class_name": ["bead", "debris", "bead"],
+                "subset": "test",
+                "map_x": [0.0, 1.0, 2.0],
+                "map_y": [0.5, 1.5, 2.5],
+                "centroid_call": ["bead", "unknown", "bead"],
+                "centroid_confidence": [0.99, 0.4, 0.97],
+                "centroid_distance_bead": [0.1, 3.0, 0.2],
+                "centroid_distance_debris": [4.0, 2.0, 3.5],
+            }
+        )
+    thresholds = {run: {"centroid": 0.9} for run in tables}
+    fitted = LatentMap(
+        np.zeros((2, 4), np.float32), np.array([[0.0, 0.0], [1.0, 1.0]]), np.array(["bead", "debris"]), "t-SNE", 5.0, 0
+    )
+    objects, models = evaluation_models(tables, thresholds, {run: fitted for run in tables})
+    assert objects["index"].tolist() == [2, 4, 6, 8] and objects["object_id"].tolist()[-1] == "cell/8"
+    first, second = models
+    np.testing.assert_array_equal(first.x, [0.0, 1.0, 2.0, np.nan])
+    np.testing.assert_array_equal(second.y, [np.nan, 0.5, 1.5, 2.5])
+    scorer = second.classifiers[0]
+    assert (scorer.name, scorer.score_kind, scorer.threshold) == ("centroid", "distance", 0.9)
+    assert list(scorer.call) == ["", "bead", "unknown", "bead"] and list(scorer.scores.columns) == ["bead", "debris"]
+    assert first.reference["class_name"].tolist() == ["bead", "debris"] and first.axis == "t-SNE"

@@ -5,7 +5,9 @@ the cell, its id, true class and subset, the classifier's call and confidence, a
 (centroid, GMM) or its probability of every class (SVM, kNN, softmax). Widgets switch the model (loss and trial), the
 classifier and the colouring (true class, call, confidence); a lasso or box selection lists the objects in a table and
 saves them as a labels CSV (``object_id,label``) for ``cytodml gallery --labels``. The page is Bokeh standalone with
-BokehJS inline: it opens from a file, with no network and no server.
+BokehJS inline: it opens from a file, with no network and no server. An experiment's page holds the test images of
+every trial (:func:`evaluation_models`); an object that another trial tested has no place on this model's map (NaN
+coordinates) and is neither drawn nor counted with it.
 
 Filters. Under the current classifier every object has one outcome: *rejected* when called ``unknown`` (below the
 classifier's threshold); else, for a labelled object, *correct* when the call is its true class and *wrong* when it is
