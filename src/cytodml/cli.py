@@ -87,6 +87,10 @@ def predict(args) -> None:
     )
     if summary["alarm_note"]:
         print(summary["alarm_note"])
+    if map_path:
+        print(f"explorer page: {Path(args.out) / 'explorer.html'} (the objects on the latent map {map_path})")
+    else:
+        print("no latent map beside the model (results/<experiment>/maps/): no explorer page; give --map for one")
 
 
 def _model_files(args, experiment: dict) -> tuple[str, str, str, dict | None]:

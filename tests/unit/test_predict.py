@@ -458,7 +458,7 @@ def test_command_line_predicts_and_writes_the_outputs(study, tmp_path):
     command = [sys.executable, "-m", "cytodml.cli", *cli(study, "predict"), "--dump", dump, "--out", str(out)]
     done = subprocess.run([*command, "--threads", "1"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert "water-0001:" in done.stdout and "summary.md" in done.stdout
+    assert "water-0001:" in done.stdout and "summary.md" in done.stdout and "explorer.html" in done.stdout
     objects = pd.read_parquet(out / "objects.parquet")
     assert len(objects) == 64 and len(pd.read_csv(out / "objects.csv")) == 64
     summary = (out / "summary.md").read_text()
