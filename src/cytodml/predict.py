@@ -202,7 +202,7 @@ def _classify(detector: Detector, X: np.ndarray, threshold: float, targets: list
     distances = cdist(X.astype(np.float64), detector.centres.to_numpy(np.float64))
     for column, class_name in enumerate(detector.centres.index):
         objects[f"distance_{class_name}"] = distances[:, column]
-    kind, scores = classifier_scores(estimator, X, detector.class_names)
+    kind, scores = classifier_scores(estimator, X, detector.class_names, proba=proba)
     if kind == "probability":
         for class_name in scores:
             objects[f"probability_{class_name}"] = scores[class_name].to_numpy()

@@ -9,7 +9,7 @@ import pytest
 from cytodml.errors import InputError
 from cytodml.evaluate.latent_map import fit_map, map_table
 from cytodml.evaluate.metrics import UNKNOWN_NAME
-from cytodml.evaluate.objects import evaluation_objects, score_columns
+from cytodml.evaluate.objects import classifier_evidence, evaluation_objects
 from cytodml.evaluate.run import evaluate_trial
 from cytodml.report.exports import CODE_KEYWORD, fcs_parameters, object_numbers, write_fcs, write_h5ad
 from tests.unit.test_evaluate_run import CLASS_NAMES, EXPERIMENT, embeddings_table
@@ -51,12 +51,12 @@ def test_one_row_per_scored_object_with_every_classifier_call_and_evidence(evalu
         assert (objects[f"{classifier}_best_match"] == best).all()
         assert (objects[f"{classifier}_call"].to_numpy() == np.where(called, best, UNKNOWN_NAME)).all()
         assert (objects[f"{classifier}_is_target"] == (called & (best == "debris"))).all()
-        kind, columns = score_columns(objects, classifier)
+        kind, evidence = classifier_evidence(objects, classifier)
         assert kind == ("distance" if classifier in ("centroid", "gmm") else "probability")
-        assert sorted(column.rsplit("_", 1)[1] for column in columns) == sorted(CLASS_NAMES)
-        scores = objects[columns].to_numpy()
+        assert sorted(evidence.columns) == sorted(CLASS_NAMES)
+        scores = evidence.to_numpy()
         pick = scores.argmin(axis=1) if kind == "distance" else scores.argmax(axis=1)
-        agree = np.array([column.rsplit("_", 1)[1] for column in columns])[pick] == best
+        agree = evidence.columns.to_numpy()[pick] == best
         assert agree.mean() > 0.95  # the evidence points at the call (GMM weighs its own variances)
     assert set(objects["subset"]) == {"val", "test", "unknown"}
     assert objects[["map_x", "map_y"]].notna().all().all()

@@ -59,6 +59,10 @@ class LatentMap:
     perplexity: float
     seed: int
 
+    def reference_points(self) -> pd.DataFrame:
+        """The training images the map was fitted on: ``x``, ``y``, ``class_name``."""
+        return pd.DataFrame({"x": self.coords[:, 0], "y": self.coords[:, 1], "class_name": self.class_names})
+
     def place(self, X, threads: int = 1) -> np.ndarray:
         """Positions (N x 2) of embeddings ``X`` (N x D) on the map, the reference left where it is."""
         X = np.asarray(X, dtype=np.float32)

@@ -22,29 +22,33 @@ from cytodml.errors import InputError, require_columns
 from cytodml.evaluate.metrics import UNKNOWN_NAME
 from cytodml.learn.inputs import known_classes
 
-__all__ = ["SCORE_KINDS", "classifier_scores", "evaluation_objects", "score_columns"]
+__all__ = ["SCORE_KINDS", "classifier_evidence", "classifier_scores", "evaluation_objects"]
 
 SCORE_KINDS = ("distance", "probability")
 
 
-def classifier_scores(estimator, X, class_names: list[str]) -> tuple[str, pd.DataFrame]:
+def classifier_scores(estimator, X, class_names: list[str], proba=None) -> tuple[str, pd.DataFrame]:
     """``(kind, scores)``: N x K distances to each class where the classifier measures them (a ``distances``
-    method), else its class probabilities; columns are ``class_names`` (in the classifier's ``classes_`` order)."""
+    method), else its class probabilities (``proba``, where the caller has them already); columns are
+    ``class_names`` (in the classifier's ``classes_`` order)."""
     if hasattr(estimator, "distances"):
         return "distance", pd.DataFrame(estimator.distances(X), columns=class_names)
-    return "probability", pd.DataFrame(estimator.predict_proba(X), columns=class_names)
+    return "probability", pd.DataFrame(estimator.predict_proba(X) if proba is None else proba, columns=class_names)
 
 
-def score_columns(objects: pd.DataFrame, classifier: str) -> tuple[str, list[str]]:
-    """``(kind, columns)`` of one classifier's scores in an objects table (prefix ``<classifier>_`` for an
-    evaluation's table, none for a screened sample's, whose one classifier is ``""``)."""
+def classifier_evidence(objects: pd.DataFrame, classifier: str) -> tuple[str, pd.DataFrame]:
+    """``(kind, scores)`` of one classifier in an objects table, one column per class name (the table's columns
+    ``<classifier>_<kind>_<class>`` for an evaluation, ``<kind>_<class>`` for a screened sample, whose one classifier
+    is ``""``)."""
     prefix = f"{classifier}_" if classifier else ""
     # a screened sample's table has the distances to the class centres for every classifier, and the probabilities
     # too for a classifier without a class model: those are its evidence
     for kind in reversed(SCORE_KINDS):
         columns = [column for column in objects.columns if column.startswith(f"{prefix}{kind}_")]
         if columns:
-            return kind, columns
+            return kind, objects[columns].set_axis(
+                [column.removeprefix(f"{prefix}{kind}_") for column in columns], axis=1
+            )
     raise InputError(f"objects table: no distance or probability columns of classifier '{classifier or 'the'}'")
 
 

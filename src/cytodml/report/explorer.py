@@ -75,7 +75,7 @@ from cytodml.data.qc import display_image
 from cytodml.errors import InputError, require_columns
 from cytodml.evaluate.latent_map import LatentMap, balanced_subsample
 from cytodml.evaluate.metrics import UNKNOWN_NAME
-from cytodml.evaluate.objects import score_columns
+from cytodml.evaluate.objects import classifier_evidence
 from cytodml.io import atomic_path
 from cytodml.report.style import OKABE_ITO, SEQUENTIAL, UNKNOWN_COLOR, colors
 
@@ -245,25 +245,20 @@ def evaluation_models(
         aligned = table.set_index("index").reindex(union["index"])
         classifiers = []
         for name in [name.removesuffix("_call") for name in table.columns if name.endswith("_call")]:
-            kind, scored = score_columns(table, name)
+            kind, scores = classifier_evidence(aligned, name)
             classifiers.append(
                 ClassifierView(
                     name=name,
                     call=aligned[f"{name}_call"].fillna("").to_numpy(dtype=object),
                     confidence=aligned[f"{name}_confidence"].to_numpy(dtype=np.float64),
-                    scores=aligned[scored].set_axis(
-                        [column.removeprefix(f"{name}_{kind}_") for column in scored], axis=1
-                    ),
+                    scores=scores,
                     score_kind=kind,
                     threshold=thresholds[(loss, trial)][name],
                 )
             )
         latent_map = maps[(loss, trial)]
-        reference = pd.DataFrame(
-            {"x": latent_map.coords[:, 0], "y": latent_map.coords[:, 1], "class_name": latent_map.class_names}
-        )
         x, y = aligned["map_x"].to_numpy(np.float64), aligned["map_y"].to_numpy(np.float64)
-        models.append(ModelView(loss, trial, x, y, latent_map.method, classifiers, reference))
+        models.append(ModelView(loss, trial, x, y, latent_map.method, classifiers, latent_map.reference_points()))
     return union, models
 
 

@@ -300,7 +300,6 @@ def image_tsne(
         raise InputError(
             f"image_tsne: {len(images)} images, {len(xy)} map positions and {len(names)} class names differ"
         )
-    name = method
     grid = _thumbnail_cells(xy, cells)
     styles = _class_styles(names, sorted(unseen))
     figure = new_figure(7.5, 8.0)
@@ -311,9 +310,9 @@ def image_tsne(
     ax.set_aspect("auto")
     ax.set_xticks([])
     ax.set_yticks([])
-    ax.set_xlabel(_axis_names(name)[0])
-    ax.set_ylabel(_axis_names(name)[1])
-    ax.set_title(f"{title}{': ' if title else ''}{len(grid.shown)} of {len(names)} images at their {name} positions")
+    ax.set_xlabel(_axis_names(method)[0])
+    ax.set_ylabel(_axis_names(method)[1])
+    ax.set_title(f"{title}{': ' if title else ''}{len(grid.shown)} of {len(names)} images at their {method} positions")
     handles = [Patch(fill=False, edgecolor=s["color"], lw=1.5, label=s["label"]) for n, s in styles.items()]
     figure.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 6))
     return save(figure, path)

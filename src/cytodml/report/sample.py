@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 from cytodml.data.qc import display_image
 from cytodml.evaluate.detection import BOUND_CONFIDENCE
 from cytodml.evaluate.metrics import UNKNOWN_NAME
-from cytodml.evaluate.objects import score_columns
+from cytodml.evaluate.objects import classifier_evidence
 from cytodml.io import atomic_path, write_csv, write_parquet, write_text
 from cytodml.report.explorer import ClassifierView, ModelView, explorer_page, thumbnail
 from cytodml.report.exports import write_fcs, write_h5ad
@@ -51,17 +51,14 @@ def sample_explorer(result: dict, path, model: tuple[str, int]) -> dict:
     """The explorer page of a screened sample: its objects on the model's latent map, the training images the map
     was fitted on beneath them, each object's call, confidence and evidence (:func:`explorer_page`)."""
     objects, summary, latent_map = result["objects"], result["summary"], result["map"]
-    kind, columns = score_columns(objects, "")
+    kind, scores = classifier_evidence(objects, "")
     classifier = ClassifierView(
         name=summary["classifier"],
         call=objects["predicted"].to_numpy(),
         confidence=objects["confidence"].to_numpy(),
-        scores=objects[columns].set_axis([column.removeprefix(f"{kind}_") for column in columns], axis=1),
+        scores=scores,
         score_kind=kind,
         threshold=summary["threshold"],
-    )
-    reference = pd.DataFrame(
-        {"x": latent_map.coords[:, 0], "y": latent_map.coords[:, 1], "class_name": latent_map.class_names}
     )
     view = ModelView(
         loss=model[0],
@@ -70,7 +67,7 @@ def sample_explorer(result: dict, path, model: tuple[str, int]) -> dict:
         y=objects["map_y"].to_numpy(),
         axis=latent_map.method,
         classifiers=[classifier],
-        reference=reference,
+        reference=latent_map.reference_points(),
     )
     shown = pd.DataFrame(
         {
